@@ -1,0 +1,289 @@
+"""Typed, frozen configuration: one nested-dict form, YAML files and `--set section.key=value` overrides.
+
+Every default lives here and only here. `Config.from_sources(file, sets)` merges defaults ← YAML ← overrides,
+coerces each value to its field's type and rejects unknown keys, listing the valid ones. `Config.flat()` gives
+`section.key` strings that `--set` accepts back, so a run can be reproduced from its logged params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from defakenet.errors import ConfigError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with its help text, shown by `defakenet config show` and the CLI flags."""
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = _f("", "dataset folder or CSV root (split folders, flat real/fake, Kaggle 140k or RVF10K CSVs)")
+    image_size: int = _f(224, "square input size fed to the network (the paper uses 224)")
+    crop_pct: float = _f(1.0, "eval resize = image_size / crop_pct on the short side, then centre crop")
+    split: tuple = _f((0.7, 0.15, 0.15), "train/valid/test shares for layouts without split folders")
+    split_seed: int = _f(0, "seed of the hash split; changing it reshuffles which files land in which split")
+    loader_workers: int = _f(2, "decode/augment worker processes for in-process loading")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    scale_min: float = _f(0.6, "random resized crop: smallest area share kept")
+    flip_p: float = _f(0.5, "horizontal flip probability")
+    jitter_p: float = _f(0.3, "colour jitter probability (brightness/contrast/saturation 0.2, hue 0.02)")
+    jpeg_p: float = _f(0.1, "JPEG re-compression probability, quality 30-100 (Wang et al. 2020)")
+    jpeg_quality_min: int = _f(30, "lowest JPEG quality used by re-compression")
+    blur_p: float = _f(0.1, "Gaussian blur probability, sigma 0-blur_sigma_max (Wang et al. 2020)")
+    blur_sigma_max: float = _f(3.0, "largest Gaussian blur sigma")
+    noise_p: float = _f(0.1, "Gaussian noise probability")
+    noise_std_max: float = _f(0.03, "largest noise std as a share of 255")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    weights: str = _f("", "backbone weights: Keras .h5, .safetensors, timm or plain state dict; empty = random init")
+    preprocessing: str = _f("tf", "input normalisation: 'tf' = x/127.5-1 (Keras weights), 'torch' = ImageNet mean/std")
+    dropout: float = _f(0.2, "dropout before the single-logit head")
+    freeze_depth: int = _f(0, "freeze the first k of [stem, conv2, conv3, conv4, conv5]; 0 = train all, 5 = head only")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = _f("adamw", "optimizer: adamw or sgd")
+    lr: float = _f(1e-3, "peak learning rate after warmup")
+    weight_decay: float = _f(1e-4, "decoupled (adamw) or L2 (sgd) weight decay")
+    momentum: float = _f(0.9, "sgd momentum (ignored by adamw)")
+    warmup_epochs: float = _f(0.5, "linear warmup length in epochs, then cosine decay to zero")
+    label_smoothing: float = _f(0.0, "binary label smoothing: targets become eps/2 and 1-eps/2")
+    grad_clip: float = _f(1.0, "max global gradient norm; 0 disables clipping")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _f(10, "training epochs")
+    batch_size: int = _f(32, "images per step per worker")
+    seed: int = _f(0, "seed for weights, shuffling and augmentation")
+    amp: str = _f("auto", "mixed precision: auto (bf16 on GPU, off on CPU), bf16, fp16 or off")
+    channels_last: bool = _f(True, "channels_last memory format on GPU")
+    patience: int = _f(0, "early stopping after this many epochs without val ROC-AUC gain; 0 = off")
+    threshold_method: str = _f("youden", "how the decision threshold is chosen on valid: youden, fpr or eer")
+    target_fpr: float = _f(0.05, "false-positive rate targeted by threshold_method=fpr")
+    max_steps: int = _f(0, "stop each epoch after this many steps (smoke runs); 0 = full epochs")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    workers: int = _f(2, "data-parallel training workers")
+    use_gpu: bool = _f(False, "one GPU per worker (NCCL) instead of CPU (gloo)")
+    cpus_per_worker: float = _f(1.0, "CPUs reserved per training worker")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    home: str = _f("", "data folder for the embedded defaults (MLflow store, Ray results); empty = ./.defakenet")
+    tracking_uri: str = _f("", "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite under `home`")
+    experiment: str = _f("defakenet", "MLflow experiment name")
+    run_name: str = _f("", "run name; reusing one resumes that run; empty = generated")
+    register: str = _f("", "register the final model under this name; empty = don't register")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    # ---- construction
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Config:
+        """Build from a nested dict; missing keys take defaults, unknown keys raise ConfigError."""
+        return _build(cls, d or {}, prefix="")
+
+    @classmethod
+    def from_sources(cls, path: str | Path | None = None, sets: typing.Iterable[str] = ()) -> Config:
+        """Defaults ← YAML/JSON file ← `section.key=value` overrides (later wins)."""
+        d = load_file(path) if path else {}
+        for item in sets:
+            key, value = parse_set(item)
+            _put(d, key, value)
+        return cls.from_dict(d)
+
+    def replace(self, **flat: Any) -> Config:
+        """A copy with `section.key` values replaced (keys use '.' or '__' as separator)."""
+        d = self.to_dict()
+        for key, value in flat.items():
+            _put(d, key.replace("__", "."), value)
+        return Config.from_dict(d)
+
+    # ---- views
+
+    def to_dict(self) -> dict:
+        """Nested plain dict (tuples become lists), the form YAML files and MLflow artifacts use."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key` → value, the strings `--set` accepts back."""
+        return {f"{s}.{k}": v for s, sub in self.to_dict().items() for k, v in sub.items()}
+
+
+def describe() -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) for every config key, in declaration order."""
+    rows = []
+    hints = typing.get_type_hints(Config)
+    for sect in dataclasses.fields(Config):
+        sub = hints[sect.name]
+        sub_hints = typing.get_type_hints(sub)
+        for f in dataclasses.fields(sub):
+            rows.append((f"{sect.name}.{f.name}", _type_name(sub_hints[f.name]), f.default, f.metadata.get("help", "")))
+    return rows
+
+
+def valid_keys() -> list[str]:
+    return [row[0] for row in describe()]
+
+
+def load_file(path: str | Path) -> dict:
+    """Read a YAML (or JSON) config file into a nested dict; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections (data:, model:, …), got {type(d).__name__}")
+    return d
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """`section.key=value` → (key, value parsed as YAML scalar/list)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects section.key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if key.count(".") != 1:
+        raise ConfigError(f"--set key must look like section.key (e.g. optim.lr), got {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+# ---- internals
+
+
+def _put(d: dict, key: str, value: Any) -> None:
+    section, _, name = key.partition(".")
+    if not name:
+        raise ConfigError(f"config key must look like section.key, got {key!r}")
+    sub = d.setdefault(section, {})
+    if not isinstance(sub, dict):
+        raise ConfigError(f"config section {section!r} must be a mapping")
+    sub[name] = value
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def _build(cls: type, d: dict, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.') or 'root'} must be a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        valid = ", ".join(prefix + n for n in names)
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]}; valid keys: {valid}")
+    kwargs = {}
+    for name in names:
+        if name not in d:
+            continue
+        t = hints[name]
+        if dataclasses.is_dataclass(t):
+            kwargs[name] = _build(t, d[name] or {}, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(d[name], t, f"{prefix}{name}")
+    obj = cls(**kwargs)
+    _validate(obj, prefix)
+    return obj
+
+
+def _coerce(value: Any, t: Any, key: str) -> Any:
+    try:
+        if t is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+                return value.lower() in ("true", "yes", "1", "on")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if t is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if t is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if t is str:
+            return "" if value is None else str(value)
+        if t is tuple:
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split()]
+            return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise AssertionError(f"unhandled config type {t} for {key}")
+    raise ConfigError(f"config key {key} expects {_type_name(t)}, got {value!r}")
+
+
+_CHOICES = {
+    "model.preprocessing": ("tf", "torch"),
+    "optim.name": ("adamw", "sgd"),
+    "train.amp": ("auto", "bf16", "fp16", "off"),
+    "train.threshold_method": ("youden", "fpr", "eer"),
+}
+
+
+def _validate(obj: Any, prefix: str) -> None:
+    """Range and choice checks for one section; errors name the key and the allowed values."""
+    for f in dataclasses.fields(obj):
+        key, v = f"{prefix}{f.name}", getattr(obj, f.name)
+        if key in _CHOICES and v not in _CHOICES[key]:
+            raise ConfigError(f"config key {key} must be one of {', '.join(_CHOICES[key])}, got {v!r}")
+        if key.endswith("_p") and not 0.0 <= v <= 1.0:
+            raise ConfigError(f"config key {key} is a probability in [0, 1], got {v}")
+    positive = {"data.image_size", "train.epochs", "train.batch_size", "resources.workers", "optim.lr"}
+    for f in dataclasses.fields(obj):
+        key, v = f"{prefix}{f.name}", getattr(obj, f.name)
+        if key in positive and v <= 0:
+            raise ConfigError(f"config key {key} must be > 0, got {v}")
+    if prefix == "data.":
+        if len(obj.split) != 3 or any(s < 0 for s in obj.split) or abs(sum(obj.split) - 1) > 1e-6 or obj.split[0] <= 0:
+            raise ConfigError(f"config key data.split needs three non-negative shares summing to 1, got {list(obj.split)}")
+        if not 0 < obj.crop_pct <= 1:
+            raise ConfigError(f"config key data.crop_pct must be in (0, 1], got {obj.crop_pct}")
+    if prefix == "model." and not 0 <= obj.freeze_depth <= 5:
+        raise ConfigError(f"config key model.freeze_depth must be in 0..5, got {obj.freeze_depth}")
