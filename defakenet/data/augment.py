@@ -1,0 +1,73 @@
+"""Albumentations pipelines and the model's input normalisation.
+
+Train: random resized crop, flip, colour jitter, and the degradations of Wang et al. (CVPR 2020, "CNN-generated
+images are surprisingly easy to spot… for now"): JPEG re-compression (quality 30-100) and Gaussian blur
+(sigma 0-3), plus Gaussian noise, each with its own probability. Eval: resize the short side, centre crop.
+Both end in the normalisation the model's weights expect and return CHW float32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from defakenet.config import AugmentConfig, DataConfig
+
+# albumentations checks PyPI for updates when imported unless told not to; clusters are often air-gapped
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
+
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+
+
+def normalize(images: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 HWC (or NHWC) → float32 CHW (or NCHW) in the model's input range.
+
+    'tf' is Keras's `preprocess_input` for ResNetV2 (x/127.5 - 1); 'torch' is ImageNet mean/std.
+    """
+    x = images.astype(np.float32)
+    if mode == "tf":
+        x = x / 127.5 - 1.0
+    elif mode == "torch":
+        x = (x - _IMAGENET_MEAN) / _IMAGENET_STD
+    else:
+        raise ValueError(f"Invalid preprocessing mode {mode!r}. Only 'tf' and 'torch' are supported.")
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def train_transform(data: DataConfig, aug: AugmentConfig, seed: int | None = None) -> A.Compose:
+    """The training pipeline: geometry, colour, then the degradations, each with its own probability."""
+    s = data.image_size
+    return A.Compose(
+        [
+            A.RandomResizedCrop(size=(s, s), scale=(aug.scale_min, 1.0), p=1.0),
+            A.HorizontalFlip(p=aug.flip_p),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=aug.jitter_p),
+            A.ImageCompression(quality_range=(aug.jpeg_quality_min, 100), p=aug.jpeg_p),
+            # blur_limit 0 lets albumentations size the kernel from sigma; sigma 0 is a no-op blur
+            A.GaussianBlur(blur_limit=0, sigma_limit=(1e-3, aug.blur_sigma_max), p=aug.blur_p),
+            A.GaussNoise(std_range=(0.0, aug.noise_std_max), p=aug.noise_p),
+        ],
+        seed=seed,
+    )
+
+
+def eval_transform(data: DataConfig) -> A.Compose:
+    """Resize the short side to image_size / crop_pct, then centre crop image_size."""
+    s = data.image_size
+    return A.Compose(
+        [A.SmallestMaxSize(max_size=int(round(s / data.crop_pct)), p=1.0), A.CenterCrop(height=s, width=s, p=1.0)]
+    )
+
+
+class Preprocess:
+    """Callable: RGB uint8 HWC → normalised CHW float32, with or without training augmentation."""
+
+    def __init__(self, data: DataConfig, aug: AugmentConfig | None, mode: str, seed: int | None = None):
+        self.transform = train_transform(data, aug, seed) if aug is not None else eval_transform(data)
+        self.mode = mode
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return normalize(self.transform(image=image)["image"], self.mode)
