@@ -1,0 +1,85 @@
+"""The saved-model format: weights as safetensors, config and metadata as JSON, nothing pickled.
+
+A model directory holds
+- `model.safetensors`: the DeFakeNet state dict;
+- `config.json`: the full training config (`Config.to_dict()`), so the architecture is rebuilt from our own code;
+- `meta.json`: what serving and evaluation need to see exactly what training saw — preprocessing mode, input
+  size, crop policy, the decision threshold chosen on the validation split, and the metrics.
+The same directory is what checkpoints, MLflow model artifacts and the serving replicas load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from defakenet import __version__
+from defakenet.config import Config
+from defakenet.data.augment import Preprocess
+from defakenet.errors import UserError
+from defakenet.model import DeFakeNet
+
+WEIGHTS_FILE, CONFIG_FILE, META_FILE = "model.safetensors", "config.json", "meta.json"
+
+
+@dataclass
+class SavedModel:
+    model: DeFakeNet
+    config: Config
+    meta: dict
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta.get("threshold", 0.5))
+
+    def preprocess(self) -> Preprocess:
+        """The eval-time preprocessing stored with the model."""
+        return Preprocess(self.config.data, None, self.config.model.preprocessing)
+
+
+def preprocessing_meta(cfg: Config) -> dict:
+    """The preprocessing facts stored with a model (also logged as MLflow model metadata)."""
+    return {
+        "mode": cfg.model.preprocessing,
+        "image_size": cfg.data.image_size,
+        "crop_pct": cfg.data.crop_pct,
+        "resize": "shorter-side resize to image_size/crop_pct, centre crop image_size",
+        "layout": "NCHW float32 RGB",
+    }
+
+
+def save_model(out_dir: str | Path, model: torch.nn.Module, cfg: Config, meta: dict) -> Path:
+    """Write a model directory; `meta` is merged over the preprocessing facts and format version."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+    full = {"format": "defakenet-model/1", "defakenet_version": __version__, "classes": ["real", "fake"],
+            "preprocessing": preprocessing_meta(cfg), **meta}
+    (out / META_FILE).write_text(json.dumps(full, indent=2, default=float))
+    return out
+
+
+def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu") -> SavedModel:
+    """Rebuild a DeFakeNet from a model directory; errors name the directory and the missing file."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise UserError(f"model {d} is not a directory (expected {WEIGHTS_FILE}, {CONFIG_FILE}, {META_FILE})")
+    for name in (WEIGHTS_FILE, CONFIG_FILE, META_FILE):
+        if not (d / name).is_file():
+            raise UserError(f"model {d} has no {name}: not a defakenet model directory")
+    cfg = Config.from_dict(json.loads((d / CONFIG_FILE).read_text()))
+    meta = json.loads((d / META_FILE).read_text())
+    # weights come from the file, not from model.weights: never reload the original backbone
+    model = DeFakeNet(dropout=cfg.model.dropout, freeze_depth=cfg.model.freeze_depth)
+    state = load_file(str(d / WEIGHTS_FILE), device=str(map_location))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"model {d}: weights do not fit the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.eval()
+    return SavedModel(model, cfg, meta)

@@ -1,0 +1,244 @@
+"""The `defakenet` command line.
+
+Every command that takes a config accepts `--config FILE.yaml` and repeatable `--set section.key=value`; the
+common knobs are also flags, generated from one table (`FLAGS`) whose help comes from the config fields, so
+`train` and later commands can't drift apart. User mistakes print one line and exit 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from defakenet import __version__
+from defakenet.config import Config, describe
+from defakenet.errors import UserError
+
+# flag → config key; `store_true` flags are the bool keys
+FLAGS = {
+    "--data": "data.root",
+    "--epochs": "train.epochs",
+    "--batch-size": "train.batch_size",
+    "--image-size": "data.image_size",
+    "--lr": "optim.lr",
+    "--freeze-depth": "model.freeze_depth",
+    "--weights": "model.weights",
+    "--workers": "resources.workers",
+    "--gpu": "resources.use_gpu",
+    "--experiment": "tracking.experiment",
+    "--run-name": "tracking.run_name",
+    "--register": "tracking.register",
+    "--home": "tracking.home",
+}
+
+
+def _add_config_args(p: argparse.ArgumentParser, flags: tuple[str, ...] = ()) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config file (sections data, model, optim, train, …)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set optim.lr=3e-4 (repeatable; see `defakenet config keys`)")
+    rows = {key: (typ, default, help_) for key, typ, default, help_ in describe()}
+    for flag in flags:
+        key = FLAGS[flag]
+        typ, default, help_ = rows[key]
+        dest = "flag_" + key.replace(".", "__")
+        if typ == "bool":
+            p.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=f"{help_} [{key}]")
+        else:
+            conv = {"int": int, "float": float}.get(typ, str)
+            p.add_argument(flag, dest=dest, type=conv, default=None, metavar=typ.upper(),
+                           help=f"{help_} [{key}, default {default!r}]")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """Defaults ← --config file ← flags ← --set."""
+    flag_sets = [f"{k[5:].replace('__', '.')}={json.dumps(v)}" for k, v in vars(args).items()
+                 if k.startswith("flag_") and v is not None]
+    return Config.from_sources(args.config, [*flag_sets, *args.sets])
+
+
+# ---- commands
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from defakenet.data.synth import make_dataset
+
+    out = make_dataset(args.out, n=args.n, size=args.size, seed=args.seed, strength=args.strength, progress=True)
+    print(f"wrote {args.n} real + {args.n} fake {args.size}px images to {out}/{{real,fake}}")
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from defakenet.data.inspect import inspect_dataset
+
+    cfg = _config(args)
+    report = inspect_dataset(args.root, ratios=cfg.data.split, seed=cfg.data.split_seed, progress=True)
+    print(report.to_text())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+        print(f"wrote {args.json}")
+    if args.strict and report.problems:
+        print(f"defakenet: --strict: {len(report.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_weights_import_keras(args: argparse.Namespace) -> int:
+    from defakenet.weights import import_keras_cli
+
+    summary = import_keras_cli(args.h5, args.output)
+    print(f"wrote {args.output}: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                                                for k, v in summary.items()))
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    print(yaml.safe_dump(_config(args).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_config_keys(args: argparse.Namespace) -> int:
+    for key, typ, default, help_ in describe():
+        print(f"{key:<26} {typ:<6} {default!r:<22} {help_}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from defakenet.train import default_home, default_run_name, fit_local
+
+    cfg = _config(args)
+    if not cfg.data.root:
+        raise UserError("no dataset: pass --data ROOT (or set data.root in --config)")
+    run_name = cfg.tracking.run_name or default_run_name()
+    out = Path(args.output) if args.output else default_home(cfg) / "runs" / run_name
+    print(f"run {run_name}: writing to {out}")
+    summary = fit_local(cfg, out)
+    print(f"model: {summary['model_dir']}")
+    if "report" in summary:
+        print(f"report: {summary['report']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from defakenet.evaluate import evaluate_model
+    from defakenet.report import format_metrics
+
+    metrics = evaluate_model(args.model, args.data, split=args.split, output=args.output,
+                             batch_size=args.batch_size, use_gpu=args.gpu)
+    print(format_metrics(metrics))
+    if args.output:
+        print(f"report: {args.output}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from defakenet.report import format_metrics, write_report
+
+    path = Path(args.scores)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (expected a CSV with columns label,score)")
+    df = pd.read_csv(path)
+    missing = {"label", "score"} - set(df.columns)
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}; expected label,score")
+    paths = write_report(args.output, df["label"].to_numpy(), df["score"].to_numpy(), args.threshold,
+                         title=f"defakenet report ({path.name})")
+    print(format_metrics(json.loads(paths["metrics"].read_text())))
+    print(f"report: {paths['markdown']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from defakenet.demo import run_demo
+
+    return run_demo(Path(args.home))
+
+
+# ---- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="defakenet",
+        description="Deepfake face detection: train, evaluate and inspect a ResNet50V2 real-vs-fake classifier.",
+    )
+    parser.add_argument("--version", action="version", version=f"defakenet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = sub.add_parser("data", help="dataset tools: inspect a folder, make synthetic data")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = dsub.add_parser("inspect", help="counts, balance, sizes, unreadable files, duplicates and split leakage")
+    p.add_argument("root", help="dataset folder (split folders, flat real/fake, Kaggle 140k or RVF10K CSVs)")
+    p.add_argument("--strict", action="store_true", help="exit 1 on leakage, empty classes or unreadable files")
+    p.add_argument("--json", metavar="FILE", help="also write the full inspection as JSON")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_data_inspect)
+    p = dsub.add_parser("synth", help="write a synthetic real/fake face dataset (flat layout, deterministic)")
+    p.add_argument("out", help="output folder; real/ and fake/ are created inside")
+    p.add_argument("--n", type=int, default=100, help="images per class (default 100)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--strength", type=float, default=1.0, help="strength of the fake traces (default 1.0)")
+    p.set_defaults(func=cmd_data_synth)
+
+    weights = sub.add_parser("weights", help="import pretrained backbone weights")
+    wsub = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    p = wsub.add_parser("import-keras", help="convert Keras ResNet50V2 ImageNet .h5 weights to safetensors")
+    p.add_argument("h5", help="e.g. resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    p.set_defaults(func=cmd_weights_import_keras)
+
+    config = sub.add_parser("config", help="show the resolved config or list every key")
+    csub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    p = csub.add_parser("show", help="print the config that --config/--set resolve to, as YAML")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config_show)
+    p = csub.add_parser("keys", help="list every config key with its type, default and meaning")
+    p.set_defaults(func=cmd_config_keys)
+
+    p = sub.add_parser("train", help="fine-tune DeFakeNet; ends with a test-split evaluation of the best epoch")
+    _add_config_args(p, tuple(FLAGS))
+    p.add_argument("--output", metavar="DIR", help="run folder (default HOME/runs/RUN_NAME)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a saved model on one split and write the report")
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory (…/model or …/best)")
+    p.add_argument("--data", required=True, metavar="ROOT", help="dataset folder")
+    p.add_argument("--split", default="test", help="train, valid, test or all (default test)")
+    p.add_argument("--output", metavar="DIR", help="write metrics.json, curves and report.md here")
+    p.add_argument("--batch-size", type=int, help="inference batch size (default: the training batch size)")
+    p.add_argument("--gpu", action="store_true", help="run on a GPU when one is present")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="metrics and curves from a CSV of labels (1 = fake) and scores")
+    p.add_argument("scores", help="CSV with columns label,score")
+    p.add_argument("--output", required=True, metavar="DIR", help="report folder")
+    p.add_argument("--threshold", type=float, default=0.5, help="decision threshold on p(fake) (default 0.5)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="the whole job on a synthetic dataset: synth → inspect → train → evaluate")
+    p.add_argument("--home", default=".defakenet/demo", help="demo folder (default .defakenet/demo)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"defakenet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("defakenet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
