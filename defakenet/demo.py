@@ -14,7 +14,13 @@ DEMO_SETTINGS = {
     "train.epochs": 4,
     "train.batch_size": 16,
     "optim.lr": 1e-3,
-    "augment.scale_min": 0.9,
+    # the synthetic fake traces are pixel-level: resampling crops, JPEG and blur would erase them, so the demo
+    # keeps flips only (real data trains with the full Wang et al. augmentation of the defaults)
+    "augment.scale_min": 1.0,
+    "augment.jitter_p": 0.0,
+    "augment.jpeg_p": 0.0,
+    "augment.blur_p": 0.0,
+    "augment.noise_p": 0.0,
 }
 
 
