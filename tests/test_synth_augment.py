@@ -87,3 +87,13 @@ def test_train_pipeline_deterministic_under_seed_and_eval_is_fixed():
 def test_augment_config_defaults_follow_wang_et_al():
     aug = Config().augment
     assert aug.jpeg_quality_min == 30 and aug.blur_sigma_max == 3.0
+
+
+def test_transforms_draw_independently():
+    """Each augmentation decides on its own: with p=0.5 each, flips and JPEG must not always coincide."""
+    from defakenet.data.augment import train_transform
+
+    aug = AugmentConfig(flip_p=0.5, jitter_p=0.5, jpeg_p=0.5, blur_p=0.5, noise_p=0.5)
+    t = train_transform(DataConfig(image_size=32), aug, seed=0)
+    draws = [tuple(float(tr.py_random.random()) for tr in t.transforms) for _ in range(1)][0]
+    assert len(set(draws)) == len(draws)

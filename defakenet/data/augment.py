@@ -40,7 +40,7 @@ def normalize(images: np.ndarray, mode: str) -> np.ndarray:
 def train_transform(data: DataConfig, aug: AugmentConfig, seed: int | None = None) -> A.Compose:
     """The training pipeline: geometry, colour, then the degradations, each with its own probability."""
     s = data.image_size
-    return A.Compose(
+    compose = A.Compose(
         [
             A.RandomResizedCrop(size=(s, s), scale=(aug.scale_min, 1.0), p=1.0),
             A.HorizontalFlip(p=aug.flip_p),
@@ -49,9 +49,23 @@ def train_transform(data: DataConfig, aug: AugmentConfig, seed: int | None = Non
             # blur_limit 0 lets albumentations size the kernel from sigma; sigma 0 is a no-op blur
             A.GaussianBlur(blur_limit=0, sigma_limit=(1e-3, aug.blur_sigma_max), p=aug.blur_p),
             A.GaussNoise(std_range=(0.0, aug.noise_std_max), p=aug.noise_p),
-        ],
-        seed=seed,
+        ]
     )
+    if seed is not None:
+        reseed(compose, seed)
+    return compose
+
+
+def reseed(compose: A.Compose, entropy: list[int] | int) -> None:
+    """Give the Compose and each of its transforms an independent seed drawn from `entropy`.
+
+    Compose(seed=s) hands the same s to every transform, whose identical streams then make the same apply/skip
+    draws (flip whenever jitter, blur whenever JPEG, ...): each transform gets its own seed instead.
+    """
+    words = np.random.SeedSequence(entropy).generate_state(len(compose.transforms) + 1)
+    compose.set_random_seed(int(words[0]))
+    for t, w in zip(compose.transforms, words[1:]):
+        t.set_random_seed(int(w))
 
 
 def eval_transform(data: DataConfig) -> A.Compose:
