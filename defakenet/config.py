@@ -86,15 +86,17 @@ class ResourcesConfig:
     workers: int = _f(2, "data-parallel training workers")
     use_gpu: bool = _f(False, "one GPU per worker (NCCL) instead of CPU (gloo)")
     cpus_per_worker: float = _f(1.0, "CPUs reserved per training worker")
+    max_failures: int = _f(2, "worker failures survived per run by restarting from the latest checkpoint")
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    home: str = _f("", "data folder for the embedded defaults (MLflow store, Ray results); empty = ./.defakenet")
+    home: str = _f("", "data folder for the embedded defaults (runs, MLflow store, Ray results); empty = ./.defakenet")
     tracking_uri: str = _f("", "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite under `home`")
     experiment: str = _f("defakenet", "MLflow experiment name")
     run_name: str = _f("", "run name; reusing one resumes that run; empty = generated")
     register: str = _f("", "register the final model under this name; empty = don't register")
+    storage: str = _f("", "Ray Train storage_path for checkpoints: folder, NFS mount or s3:// URI; empty = HOME/ray_results")
 
 
 @dataclass(frozen=True)
@@ -173,19 +175,25 @@ def load_file(path: str | Path) -> dict:
     return d
 
 
-def parse_set(item: str) -> tuple[str, Any]:
-    """`section.key=value` → (key, value parsed as YAML scalar/list)."""
+class SetText(str):
+    """The text of a `--set` value: kept verbatim for string keys, read as YAML for the others."""
+
+    def parsed(self) -> Any:
+        try:
+            return yaml.safe_load(self) if self.strip() else ""
+        except yaml.YAMLError:
+            return str(self)
+
+
+def parse_set(item: str) -> tuple[str, SetText]:
+    """`section.key=value` → (key, value text); the value's type comes from the key it sets."""
     if "=" not in item:
         raise ConfigError(f"--set expects section.key=value, got {item!r}")
     key, raw = item.split("=", 1)
     key = key.strip()
     if key.count(".") != 1:
         raise ConfigError(f"--set key must look like section.key (e.g. optim.lr), got {key!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+    return key, SetText(raw)
 
 
 # ---- internals
@@ -229,6 +237,9 @@ def _build(cls: type, d: dict, prefix: str) -> Any:
 
 
 def _coerce(value: Any, t: Any, key: str) -> Any:
+    if isinstance(value, SetText):
+        # a string key takes the text as typed (`--set train.amp=off` is "off", not False)
+        value = str(value) if t is str else value.parsed()
     try:
         if t is bool:
             if isinstance(value, bool):

@@ -61,3 +61,8 @@ def test_config_is_frozen_and_keys_listed():
         cfg.optim.lr = 1.0  # type: ignore[misc]
     assert "optim.lr" in valid_keys() and "model.freeze_depth" in valid_keys()
     assert parse_set("data.root=/a=b") == ("data.root", "/a=b")
+
+
+def test_set_keeps_strings_verbatim():
+    cfg = Config.from_sources(None, ["train.amp=off", "tracking.run_name=no", "data.root=/data/yes", "optim.lr=3e-5"])
+    assert (cfg.train.amp, cfg.tracking.run_name, cfg.data.root, cfg.optim.lr) == ("off", "no", "/data/yes", 3e-5)
