@@ -1,45 +1,97 @@
-"""Evaluate a saved model on one split of a dataset and write the report.
+"""Batch inference and evaluation of a saved model with Ray Data.
 
-The split is recomputed with the data.split shares and seed stored with the model, so "test" means the same
-files it meant during training, and the decision threshold is the one chosen on valid at training time.
+`score_rows` runs the model over manifest rows with `map_batches` on a pool of actors (one model copy each, on a
+GPU when asked); `evaluate_model` resolves a model (a directory or an MLflow `models:/` URI), recomputes the split
+with the shares and seed stored with the model — so "test" means the files it meant in training — and writes the
+report with the threshold chosen on valid at training time.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from defakenet.artifact import load_model
 from defakenet.data.layouts import read_manifest
-from defakenet.engine import make_loader, predict
 from defakenet.errors import DataError
 from defakenet.metrics import compute_metrics
-from defakenet.report import write_report
 
 SPLITS = ("train", "valid", "test", "all")
+# rows per inference call on CPU; GPU actors take bigger batches
+BATCH_CPU, BATCH_GPU = 32, 256
+
+
+class _Scorer:
+    """map_batches actor: one model per actor, scores p(fake) for batches of preprocessed images."""
+
+    def __init__(self, model_dir: str, use_gpu: bool):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        saved = load_model(model_dir)
+        self.model = saved.model.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def __call__(self, batch: dict) -> dict:
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(batch["image"])).to(self.device)
+        if self.device.type == "cuda":
+            x = x.to(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.device.type == "cuda"):
+            p = torch.sigmoid(self.model(x).float()).cpu().numpy().astype(np.float64)
+        return {"label": np.asarray(batch["label"]), "score": p}
+
+
+def score_rows(model_dir: str | Path, rows, *, use_gpu: bool = False, actors: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and p(fake) for manifest `rows`, in row order, by Ray Data batch inference."""
+    from ray.data import ActorPoolStrategy
+
+    from defakenet.data.pipeline import build_dataset
+
+    saved = load_model(model_dir)
+    ds = build_dataset(rows, saved.config, train=False)
+    batch = BATCH_GPU if use_gpu else BATCH_CPU
+    scored = ds.map_batches(
+        _Scorer, fn_constructor_kwargs={"model_dir": str(model_dir), "use_gpu": use_gpu}, batch_size=batch,
+        batch_format="numpy", compute=ActorPoolStrategy(size=actors), num_gpus=1 if use_gpu else 0,
+    )
+    scored.context.execution_options.preserve_order = True
+    labels, scores = [], []
+    for b in scored.iter_batches(batch_size=None, batch_format="numpy"):
+        labels.append(b["label"])
+        scores.append(b["score"])
+    return np.concatenate(labels).astype(np.int64), np.concatenate(scores).astype(np.float64)
 
 
 def evaluate_model(
-    model_dir: str | Path, data_root: str, *, split: str = "test", output: str | Path | None = None,
-    batch_size: int | None = None, use_gpu: bool = False,
+    model: str, data_root: str, *, split: str = "test", output: str | Path | None = None, use_gpu: bool = False,
+    actors: int = 1, tracking_uri: str | None = None,
 ) -> dict:
-    """Score `split` of `data_root` with the model in `model_dir`; returns metrics, writes a report if `output`."""
+    """Score `split` of `data_root` with `model` (directory or models:/ URI); writes a report if `output`."""
+    from defakenet import tracking
+    from defakenet.report import write_report
+
     if split not in SPLITS:
         raise DataError(f"Invalid split {split!r}. Only {', '.join(SPLITS)} are supported.")
+    if model.startswith(("models:/", "runs:/")):
+        tracking_uri = tracking.resolve_tracking_uri(tracking_uri or "", tracking.DEFAULT_HOME)
+    model_dir = tracking.resolve_model(model, tracking_uri=tracking_uri)
     saved = load_model(model_dir)
-    cfg = saved.config.replace(**{"data.root": data_root, "data.loader_workers": 0,
-                                  **({"train.batch_size": batch_size} if batch_size else {})})
+    cfg = saved.config
     manifest = read_manifest(data_root, ratios=cfg.data.split, seed=cfg.data.split_seed)
-    if split == "all":
-        manifest = manifest.assign(split="all")
-    if not len(manifest[manifest["split"] == split]):
+    rows = manifest if split == "all" else manifest[manifest["split"] == split]
+    if not len(rows):
         raise DataError(f"split {split!r} of {data_root} has no images")
-    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-    loader = make_loader(manifest, split, cfg, train=False)
-    labels, scores = predict(saved.model.to(device), loader, device=device)
+    from defakenet.train import init_ray
+
+    init_ray(cfg.replace(**{"resources.workers": actors}))
+    labels, scores = score_rows(model_dir, rows, use_gpu=use_gpu, actors=actors)
     metrics = compute_metrics(labels, scores, threshold=saved.threshold)
     if output:
         write_report(output, labels, scores, saved.threshold, title=f"defakenet {split} split ({data_root})",
-                     extra={"model": str(model_dir), "data": data_root, "split": split})
+                     extra={"model": model, "data": data_root, "split": split})
     return metrics

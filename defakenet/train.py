@@ -1,11 +1,18 @@
-"""Training drivers.
+"""Training on Ray Train: `train_func_per_worker` runs on every data-parallel worker, `fit` drives a run.
 
-`fit_local` trains in this process (one device), the smoke-test and demo path: per-epoch validation, best
-checkpoint by val ROC-AUC, threshold chosen on valid, test evaluation and report of the best model.
+    manifest ─▶ Ray Data (decode + augment on CPU actors) ─▶ N workers (DDP, gloo or NCCL) ─▶ per epoch:
+    train, validate on every worker's shard, gather scores, report metrics + checkpoint (rank 0) ─▶ best checkpoint
+    ─▶ threshold on valid ─▶ test report ─▶ model directory, MLflow run, registry version
+
+Rerunning the same command with the same run name resumes: Ray Train V2 restores from the latest checkpoint
+under (storage_path, run name), and the MLflow run of that name continues.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -16,20 +23,27 @@ import torch
 from defakenet.artifact import load_model, save_model
 from defakenet.config import Config
 from defakenet.data.layouts import read_manifest
-from defakenet.engine import build_model, build_optimizer, build_scheduler, make_loader, predict, train_one_epoch, bce
-from defakenet.errors import DataError
+from defakenet.engine import build_model, build_optimizer, build_scheduler, predict, train_one_epoch
+from defakenet.errors import DataError, UserError
 from defakenet.metrics import choose_threshold, compute_metrics
 from defakenet.model import count_parameters
-from defakenet.report import write_report
+
+TRAIN_STATE = "train_state.pt"
+SCORE = "val_roc_auc"
 
 
 def default_home(cfg: Config) -> Path:
     """The one data folder for embedded defaults (runs, MLflow store, Ray results)."""
-    return Path(cfg.tracking.home or ".defakenet")
+    return Path(cfg.tracking.home or ".defakenet").expanduser().resolve()
 
 
 def default_run_name(prefix: str = "train") -> str:
     return f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def storage_path(cfg: Config) -> str:
+    """Where Ray Train writes checkpoints: tracking.storage (local, NFS or s3://) or HOME/ray_results."""
+    return cfg.tracking.storage or str(default_home(cfg) / "ray_results")
 
 
 def check_splits(manifest, needed: tuple[str, ...] = ("train", "valid")) -> None:
@@ -45,89 +59,276 @@ def check_splits(manifest, needed: tuple[str, ...] = ("train", "valid")) -> None
             )
 
 
+def _absolute(path: str) -> str:
+    """Local paths made absolute for workers that run elsewhere; URIs (s3://, …) and empty values unchanged."""
+    return path if not path or "://" in path else str(Path(path).expanduser().resolve())
+
+
 def _fmt_eta(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def fit_local(cfg: Config, out_dir: str | Path, *, log: Callable[[str], None] = print) -> dict:
-    """Train `cfg` in-process; writes `out_dir/{best,model,report}` and returns the summary dict."""
-    out = Path(out_dir)
+# ---- the worker
+
+
+def train_func_per_worker(config: dict) -> None:
+    """One data-parallel worker: resume from Ray's latest checkpoint if any, then train and validate per epoch."""
+    import ray.train
+    import ray.train.torch
+
+    from defakenet.data.pipeline import gather_predictions, iter_batches, steps_per_epoch
+
+    cfg = Config.from_dict(config["config"])
+    n_train, run_id, tracking_uri = config["n_train"], config.get("mlflow_run_id"), config.get("tracking_uri")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    channels_last = cfg.train.channels_last and device.type == "cuda"
+    torch.manual_seed(cfg.train.seed)
+
+    model = build_model(cfg)
+    start_epoch, best_auc, stale, state = 1, -1.0, 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            model.load_state_dict(load_model(d).model.state_dict())
+            state = torch.load(Path(d) / TRAIN_STATE, map_location="cpu", weights_only=True)
+        start_epoch, best_auc, stale = state["epoch"] + 1, state["best_auc"], state["stale"]
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    plain = model.module if hasattr(model, "module") else model
+
+    steps = steps_per_epoch(n_train, cfg.train.batch_size, world)
+    if cfg.train.max_steps:
+        steps = min(steps, cfg.train.max_steps)
+    if steps < 1:
+        raise DataError(f"train split of {n_train} images is too small for {world} workers x batch "
+                        f"{cfg.train.batch_size}; lower train.batch_size or resources.workers")
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, steps, cfg.train.epochs)
+    scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" and device.type == "cuda" else None
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if rank == 0:
+            print(f"resumed from epoch {state['epoch']} checkpoint (best val_auc {best_auc:.4f})", flush=True)
+
+    client = _mlflow_client(tracking_uri) if rank == 0 and run_id else None
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid")
+    run_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        t0 = time.perf_counter()
+        stats = train_one_epoch(
+            model, iter_batches(train_shard, cfg.train.batch_size, train=True, seed=cfg.train.seed), optimizer,
+            scheduler, device=device, amp=cfg.train.amp, channels_last=channels_last, grad_clip=cfg.optim.grad_clip,
+            label_smoothing=cfg.optim.label_smoothing, max_steps=steps, scaler=scaler,
+        )
+        labels, scores = predict(plain, iter_batches(valid_shard, cfg.train.batch_size, train=False), device=device,
+                                 amp=cfg.train.amp, channels_last=channels_last)
+        labels, scores = gather_predictions(labels, scores)
+        images = _all_sum(stats["images"], device)
+        val = compute_metrics(labels, scores, threshold=0.5)
+        epoch_time = time.perf_counter() - t0
+        metrics = {
+            "epoch": epoch, "train_loss": _all_mean(stats["loss"], device), "val_loss": val["log_loss"],
+            "val_accuracy": val["accuracy"], SCORE: val["roc_auc"],
+            "images_per_s": images / stats["seconds"] if stats["seconds"] > 0 else 0.0,
+            "epoch_time_s": epoch_time, "lr": scheduler.get_last_lr()[0],
+        }
+        improved = metrics[SCORE] > best_auc
+        best_auc, stale = (metrics[SCORE], 0) if improved else (best_auc, stale + 1)
+        stop = bool(cfg.train.patience) and stale >= cfg.train.patience
+        with tempfile.TemporaryDirectory(prefix="defakenet-ckpt-") as tmp:
+            ckpt = None
+            if rank == 0:
+                save_model(tmp, plain, cfg, {"epoch": epoch, SCORE: metrics[SCORE]})
+                torch.save({"epoch": epoch, "best_auc": best_auc, "stale": stale,
+                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "scaler": scaler.state_dict() if scaler is not None else {}}, Path(tmp) / TRAIN_STATE)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+                if client is not None:
+                    _log_epoch(client, run_id, metrics, epoch)
+                done = epoch - start_epoch + 1
+                eta = (time.perf_counter() - run_start) / done * (cfg.train.epochs - epoch)
+                print(f"epoch {epoch}/{cfg.train.epochs}  train_loss {metrics['train_loss']:.4f}  "
+                      f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_accuracy']:.4f}  "
+                      f"val_auc {metrics[SCORE]:.4f}  {metrics['images_per_s']:.1f} img/s  {epoch_time:.1f}s  "
+                      f"ETA {_fmt_eta(eta)}", flush=True)
+                if stop:
+                    print(f"early stop: val_auc has not improved for {stale} epochs (best {best_auc:.4f})", flush=True)
+            ray.train.report(metrics, checkpoint=ckpt)
+        if stop:
+            break
+
+
+def _all_sum(value: float, device: torch.device) -> float:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def _all_mean(value: float, device: torch.device) -> float:
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return _all_sum(value, device) / world
+
+
+def _mlflow_client(tracking_uri: str):
+    from defakenet import tracking
+
+    return tracking.metrics_client(tracking_uri)
+
+
+def _log_epoch(client, run_id: str, metrics: dict, epoch: int) -> None:
+    from defakenet import tracking
+
+    tracking.log_metrics_to(client, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+
+
+# ---- the driver
+
+
+def init_ray(cfg: Config, address: str | None = None) -> None:
+    """Connect to a cluster (`address`, $RAY_ADDRESS) or start a local instance sized for training + decoding."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # telemetry off; Ray Data's per-operator progress bars off (one epoch line per epoch is the progress)
+    quiet = {"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+             "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    for k, v in quiet.items():
+        os.environ.setdefault(k, v)
+    env = {"env_vars": quiet}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+    else:
+        # logical CPUs: the training workers plus room for the decode actors, even on a 2-core laptop
+        need = int(cfg.resources.workers * cfg.resources.cpus_per_worker) + 2
+        ray.init(num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, include_dashboard=False,
+                 log_to_driver=True)
+
+
+def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None = None) -> dict:
+    """Train `cfg` on Ray Train, evaluate the best checkpoint on test, track in MLflow; returns a summary."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from defakenet import tracking
+    from defakenet.data.pipeline import build_dataset, dataset_config
+
+    if not cfg.data.root:
+        raise UserError("no dataset: pass --data ROOT (or set data.root in --config)")
     manifest = read_manifest(cfg.data.root, ratios=cfg.data.split, seed=cfg.data.split_seed)
     check_splits(manifest)
     counts = manifest.groupby("split")["label"].agg(["count", "sum"])
     log("data: " + ", ".join(f"{s} {int(r['count'])} ({int(r['sum'])} fake)" for s, r in counts.iterrows()))
+    run_name = cfg.tracking.run_name or default_run_name()
+    cfg = cfg.replace(**{"tracking.run_name": run_name, "data.root": _absolute(cfg.data.root),
+                         "model.weights": _absolute(cfg.model.weights)})
+    home = default_home(cfg)
+    out = home / "runs" / run_name
 
-    torch.manual_seed(cfg.train.seed)
-    device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
-    channels_last = cfg.train.channels_last and device.type == "cuda"
-    model = build_model(cfg).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    log(f"model: ResNet50V2 DeFakeNet, freeze_depth {cfg.model.freeze_depth}, "
-        f"{count_parameters(model, trainable_only=True):,} trainable of {count_parameters(model):,} parameters")
-
-    train_loader = make_loader(manifest, "train", cfg, train=True)
-    val_loader = make_loader(manifest, "valid", cfg, train=False)
-    steps = len(train_loader) if not cfg.train.max_steps else min(len(train_loader), cfg.train.max_steps)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, steps, cfg.train.epochs)
-    scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" and device.type == "cuda" else None
-
-    history, best_auc, stale, start = [], -1.0, 0, time.perf_counter()
-    for epoch in range(1, cfg.train.epochs + 1):
-        t0 = time.perf_counter()
-        stats = train_one_epoch(
-            model, train_loader, optimizer, scheduler, device=device, amp=cfg.train.amp,
-            channels_last=channels_last, grad_clip=cfg.optim.grad_clip, label_smoothing=cfg.optim.label_smoothing,
-            max_steps=cfg.train.max_steps, scaler=scaler,
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, home)
+    tracker = tracking.Tracker(tracking_uri).start(cfg.tracking.experiment, run_name, tags={"kind": "train"})
+    with tracker:  # FINISHED on success, FAILED on an error, KILLED on Ctrl-C
+        tracker.log_config(cfg)
+        init_ray(cfg, address)
+        model_probe = build_model(cfg.replace(**{"model.weights": ""}))
+        trainable = count_parameters(model_probe, trainable_only=True)
+        log(f"run {run_name}: ResNet50V2 DeFakeNet, freeze_depth {cfg.model.freeze_depth}, {trainable:,} trainable "
+            f"of {count_parameters(model_probe):,} parameters, {cfg.resources.workers} workers "
+            f"({'GPU' if cfg.resources.use_gpu else 'CPU'}); MLflow {tracking_uri} run {tracker.run_id}")
+        tracker.log_system_info(_system_info(cfg, trainable))
+        train_rows = manifest[manifest["split"] == "train"]
+        trainer = TorchTrainer(
+            train_func_per_worker,
+            train_loop_config={"config": cfg.to_dict(), "n_train": len(train_rows), "mlflow_run_id": tracker.run_id,
+                               "tracking_uri": tracking_uri},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=cfg.resources.workers, use_gpu=cfg.resources.use_gpu,
+                resources_per_worker={"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if cfg.resources.use_gpu else {})},
+            ),
+            run_config=ray.train.RunConfig(
+                name=run_name, storage_path=storage_path(cfg),
+                checkpoint_config=ray.train.CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
+                failure_config=ray.train.FailureConfig(max_failures=cfg.resources.max_failures),
+            ),
+            datasets={"train": build_dataset(train_rows, cfg, train=True),
+                      "valid": build_dataset(manifest[manifest["split"] == "valid"], cfg, train=False)},
+            dataset_config=dataset_config(),
         )
-        labels, scores = predict(model, val_loader, device=device, amp=cfg.train.amp, channels_last=channels_last)
-        val = compute_metrics(labels, scores, threshold=0.5)
-        row = {"epoch": epoch, "train_loss": stats["loss"], "val_loss": bce(labels, scores),
-               "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"],
-               "images_per_s": stats["images_per_s"], "epoch_time_s": time.perf_counter() - t0}
-        history.append(row)
-        eta = (time.perf_counter() - start) / epoch * (cfg.train.epochs - epoch)
-        log(f"epoch {epoch}/{cfg.train.epochs}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-            f"val_acc {row['val_accuracy']:.4f}  val_auc {row['val_roc_auc']:.4f}  "
-            f"{row['images_per_s']:.1f} img/s  {row['epoch_time_s']:.1f}s  ETA {_fmt_eta(eta)}")
-        if row["val_roc_auc"] > best_auc:
-            best_auc, stale = row["val_roc_auc"], 0
-            save_model(out / "best", model, cfg, {"epoch": epoch, "val_roc_auc": best_auc})
-        else:
-            stale += 1
-            if cfg.train.patience and stale >= cfg.train.patience:
-                log(f"early stop: val_auc has not improved for {stale} epochs (best {best_auc:.4f})")
-                break
-
-    return finish(cfg, out, manifest, history, log=log)
+        result = trainer.fit()
+        best = result.get_best_checkpoint(SCORE, "max")
+        if best is None:
+            raise RuntimeError(f"run {run_name} reported no checkpoint")
+        with best.as_directory() as d:
+            summary = finish(cfg, manifest, Path(d), out, tracker=tracker, log=log)
+        summary["storage"], summary["tracking_uri"] = result.path, tracking_uri
+        return summary
 
 
-def finish(cfg: Config, out: Path, manifest, history: list[dict], *, log: Callable[[str], None] = print) -> dict:
-    """Best checkpoint → threshold on valid → test metrics and report → final model directory."""
-    best = load_model(out / "best")
-    device = torch.device("cpu")
-    val_loader = make_loader(manifest, "valid", cfg, train=False)
-    labels, scores = predict(best.model, val_loader, device=device)
+def finish(cfg: Config, manifest, best_dir: Path, out: Path, *, tracker=None,
+           log: Callable[[str], None] = print) -> dict:
+    """Best checkpoint → threshold on valid → test report → model directory → MLflow model (+ registry)."""
+    from defakenet.evaluate import score_rows
+    from defakenet.report import write_report
+
+    best = load_model(best_dir)
+    epoch = best.meta["epoch"]
+    labels, scores = score_rows(best_dir, manifest[manifest["split"] == "valid"], use_gpu=cfg.resources.use_gpu)
     threshold = choose_threshold(labels, scores, method=cfg.train.threshold_method, target_fpr=cfg.train.target_fpr)
     val_metrics = compute_metrics(labels, scores, threshold=threshold)
-    summary = {"best_epoch": best.meta["epoch"], "threshold": threshold, "val": val_metrics, "history": history}
+    summary = {"run_name": cfg.tracking.run_name, "best_epoch": epoch, "threshold": threshold, "val": val_metrics}
     test_rows = manifest[manifest["split"] == "test"]
     if len(test_rows) and test_rows["label"].nunique() == 2:
-        test_loader = make_loader(manifest, "test", cfg, train=False)
-        t_labels, t_scores = predict(best.model, test_loader, device=device)
+        t_labels, t_scores = score_rows(best_dir, test_rows, use_gpu=cfg.resources.use_gpu)
         paths = write_report(out / "report", t_labels, t_scores, threshold,
                              title=f"defakenet test split ({cfg.data.root})",
-                             extra={"split": "test", "best_epoch": best.meta["epoch"], "data": cfg.data.root})
+                             extra={"split": "test", "best_epoch": epoch, "data": cfg.data.root,
+                                    "run": cfg.tracking.run_name})
         summary["test"] = compute_metrics(t_labels, t_scores, threshold=threshold)
         summary["report"] = str(paths["markdown"])
         log(f"test: accuracy {summary['test']['accuracy']:.4f}  roc_auc {summary['test']['roc_auc']:.4f}  "
-            f"threshold {threshold:.4f} (chosen on valid by {cfg.train.threshold_method})")
+            f"threshold {threshold:.4f} (chosen on valid by {cfg.train.threshold_method}, best epoch {epoch})")
     else:
         log("test: split 'test' is empty or single-class; no test evaluation")
-    meta = {"threshold": threshold, "best_epoch": best.meta["epoch"], "val_metrics": val_metrics,
+    meta = {"threshold": threshold, "best_epoch": epoch, "val_metrics": val_metrics,
             "test_metrics": summary.get("test", {})}
-    summary["model_dir"] = str(save_model(out / "model", best.model, cfg, meta))
+    model_dir = save_model(out / "model", best.model, cfg, meta)
+    summary["model_dir"] = str(model_dir)
+    if tracker is not None:
+        # best_val_*: the best epoch on valid at the chosen threshold (val_* are the per-epoch curves)
+        final = {f"best_val_{k}": v for k, v in val_metrics.items() if isinstance(v, (int, float))}
+        final |= {f"test_{k}": v for k, v in summary.get("test", {}).items() if isinstance(v, (int, float))}
+        tracker.log_metrics(final)
+        if "report" in summary:
+            tracker.log_artifacts(out / "report", "report")
+        info = tracker.log_model(model_dir, registered_model_name=cfg.tracking.register or None)
+        summary["mlflow_run_id"], summary["model_uri"] = tracker.run_id, info["model_uri"]
+        if info.get("version") is not None:
+            summary["registered"] = info["registered_model_uri"]
+            log(f"registered {info['registered_model_uri']}")
     return summary
+
+
+def _system_info(cfg: Config, trainable: int) -> dict:
+    import ray
+
+    return {"ray_version": ray.__version__, "torch_version": torch.__version__, "python": platform.python_version(),
+            "hostname": platform.node(), "workers": cfg.resources.workers, "use_gpu": cfg.resources.use_gpu,
+            "cluster_gpus": int(ray.cluster_resources().get("GPU", 0)),
+            "cluster_cpus": int(ray.cluster_resources().get("CPU", 0)), "trainable_parameters": trainable}

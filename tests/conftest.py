@@ -9,8 +9,27 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import pytest  # noqa: E402
+from mlflow_server import mlflow_server_fixture  # noqa: E402
 
 from defakenet.data.synth import make_dataset  # noqa: E402
+
+# one real `mlflow server` on 127.0.0.1 for the whole session
+mlflow_server = pytest.fixture(scope="session")(mlflow_server_fixture)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The session's one local Ray instance (4 logical CPUs: 2 training workers + decode/inference actors)."""
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1",
+                                           "MLFLOW_DISABLE_TELEMETRY": "true"}})
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,7 @@ def _err(capsys, argv):
         (["train", "--data", ".", "--set", "optim.lrr=1"], "unknown config key optim.lrr; valid keys"),
         (["train", "--data", ".", "--set", "train.epochs=abc"], "train.epochs expects int"),
         (["config", "show", "--config", "/no/such.yaml"], "/no/such.yaml does not exist"),
-        (["evaluate", "--model", "/no/model", "--data", "."], "/no/model is not a directory"),
+        (["evaluate", "--model", "/no/model", "--data", "."], "model /no/model does not exist"),
         (["report", "/no/scores.csv", "--output", "/tmp/x"], "/no/scores.csv: no such file"),
     ],
 )

@@ -1,56 +1,66 @@
-"""End to end, in-process: a few epochs of the real ResNet50V2 learn the synthetic fakes, evaluation agrees."""
+"""End to end on the session's Ray instance: 2-worker DDP training learns the synthetic fakes, logs to a real
+`mlflow server`, registers a version, and `defakenet evaluate` of that version reproduces the logged test metrics."""
 
 import json
 
 import pytest
-import yaml
 
+from defakenet import tracking
 from defakenet.artifact import load_model
 from defakenet.cli import main
 from defakenet.demo import DEMO_SETTINGS
 from defakenet.report import REPORT_FILES
 
 pytestmark = pytest.mark.slow
+MODEL_NAME = "defakenet-test"
 
 
 @pytest.fixture(scope="module")
-def trained(synth_64, tmp_path_factory):
-    """`defakenet train --config demo.yaml --data SYNTH` at 64 px, 4 epochs: the run folder."""
-    home = tmp_path_factory.mktemp("train")
-    nested: dict = {}
-    for key, value in DEMO_SETTINGS.items():
-        section, name = key.split(".")
-        nested.setdefault(section, {})[name] = value
-    (home / "demo.yaml").write_text(yaml.safe_dump(nested))
-    out = home / "run"
-    code = main(["train", "--config", str(home / "demo.yaml"), "--data", str(synth_64), "--output", str(out),
-                 "--set", "train.seed=0"])
-    assert code == 0
-    return out
+def trained(ray_session, mlflow_server, synth_64, tmp_path_factory):
+    """`defakenet train --data SYNTH --workers 2 --register …` at 64 px, 4 epochs; returns (home, run name)."""
+    home = tmp_path_factory.mktemp("train_home")
+    sets = [f"{k}={v}" for k, v in DEMO_SETTINGS.items()]
+    argv = ["train", "--data", str(synth_64), "--workers", "2", "--home", str(home), "--run-name", "ray-e2e",
+            "--tracking-uri", mlflow_server, "--register", MODEL_NAME, "--experiment", "e2e"]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    return home, "ray-e2e"
 
 
-def test_model_learns_the_synthetic_fakes(trained):
-    saved = load_model(trained / "model")
-    assert saved.meta["val_metrics"]["roc_auc"] >= 0.9
-    assert saved.meta["test_metrics"]["roc_auc"] >= 0.9
-    assert 0.0 < saved.threshold < 1.0
-    assert saved.meta["preprocessing"] == {**saved.meta["preprocessing"], "mode": "tf", "image_size": 64}
+def _run(uri, name):
+    client = tracking._client(uri)
+    exp = client.get_experiment_by_name("e2e")
+    (run,) = client.search_runs([exp.experiment_id], f"tags.mlflow.runName = '{name}'")
+    return client, run
 
 
-def test_run_folder_has_report_and_best_checkpoint(trained):
-    for name in REPORT_FILES.values():
-        assert (trained / "report" / name).stat().st_size > 0
-    assert (trained / "best" / "model.safetensors").is_file()
-    metrics = json.loads((trained / "report" / "metrics.json").read_text())
-    saved = load_model(trained / "model")
-    assert metrics["roc_auc"] == pytest.approx(saved.meta["test_metrics"]["roc_auc"], abs=1e-12)
+def test_two_workers_learn_and_log_every_epoch_once(trained, mlflow_server):
+    client, run = _run(mlflow_server, trained[1])
+    history = client.get_metric_history(run.info.run_id, "val_roc_auc")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    assert max(m.value for m in history) >= 0.9
+    assert run.data.params["resources.workers"] == "2" and run.data.params["data.image_size"] == "64"
+    assert run.data.tags["system.workers"] == "2"
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_roc_auc"] >= 0.9
 
 
-def test_evaluate_reproduces_logged_test_metrics(trained, synth_64, tmp_path, capsys):
+def test_run_folder_and_registered_version(trained, mlflow_server):
+    home, name = trained
+    for f in REPORT_FILES.values():
+        assert (home / "runs" / name / "report" / f).stat().st_size > 0
+    saved = load_model(tracking.resolve_model(f"models:/{MODEL_NAME}/1", tracking_uri=mlflow_server))
+    local = load_model(home / "runs" / name / "model")
+    assert saved.threshold == local.threshold and 0 < saved.threshold < 1
+    assert saved.meta["preprocessing"]["image_size"] == 64
+
+
+def test_evaluate_registered_version_reproduces_logged_test_metrics(trained, mlflow_server, synth_64, tmp_path):
+    _, run = _run(mlflow_server, trained[1])
     out = tmp_path / "eval"
-    assert main(["evaluate", "--model", str(trained / "model"), "--data", str(synth_64), "--output", str(out)]) == 0
+    assert main(["evaluate", "--model", f"models:/{MODEL_NAME}/1", "--tracking-uri", mlflow_server,
+                 "--data", str(synth_64), "--output", str(out)]) == 0
     got = json.loads((out / "metrics.json").read_text())
-    want = load_model(trained / "model").meta["test_metrics"]
-    for key in ("accuracy", "roc_auc", "average_precision", "tp", "fp", "tn", "fn", "threshold"):
-        assert got[key] == pytest.approx(want[key], abs=1e-6), key
-    assert "ROC-AUC" in capsys.readouterr().out
+    for key in ("accuracy", "roc_auc", "average_precision", "f1"):
+        assert got[key] == pytest.approx(run.data.metrics[f"test_{key}"], abs=1e-6), key

@@ -79,14 +79,14 @@ def make_image(rng: np.random.Generator, size: int, fake: bool, strength: float 
         face = face.repeat(2, axis=0).repeat(2, axis=1)[:size, :size]
         yy, xx = np.mgrid[0:size, 0:size]
         checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0)[..., None]
-        img = img + checker * 4.0 * strength
+        img = img + checker * 8.0 * strength
         # blending seam: the pasted face is graded apart from its surroundings with a hard edge
         seam = (face > 0.5)[..., None]
-        grade = rng.normal(0, 8.0 * strength, 3)
+        grade = rng.normal(0, 12.0 * strength, 3)
         img = np.where(seam, img + grade, img)
     else:
         img, _ = _render_face(rng, size, params)
-        img = img + rng.normal(0, np.sqrt(sigma**2 + (4.0 * strength) ** 2), img.shape)
+        img = img + rng.normal(0, np.sqrt(sigma**2 + (8.0 * strength) ** 2), img.shape)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
