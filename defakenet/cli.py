@@ -31,6 +31,8 @@ FLAGS = {
     "--run-name": "tracking.run_name",
     "--register": "tracking.register",
     "--home": "tracking.home",
+    "--storage": "tracking.storage",
+    "--tracking-uri": "tracking.tracking_uri",
 }
 
 
@@ -53,7 +55,7 @@ def _add_config_args(p: argparse.ArgumentParser, flags: tuple[str, ...] = ()) ->
 
 def _config(args: argparse.Namespace) -> Config:
     """Defaults ← --config file ← flags ← --set."""
-    flag_sets = [f"{k[5:].replace('__', '.')}={json.dumps(v)}" for k, v in vars(args).items()
+    flag_sets = [f"{k[5:].replace('__', '.')}={v}" for k, v in vars(args).items()
                  if k.startswith("flag_") and v is not None]
     return Config.from_sources(args.config, [*flag_sets, *args.sets])
 
@@ -107,18 +109,16 @@ def cmd_config_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from defakenet.train import default_home, default_run_name, fit_local
+    from defakenet.train import fit
 
-    cfg = _config(args)
-    if not cfg.data.root:
-        raise UserError("no dataset: pass --data ROOT (or set data.root in --config)")
-    run_name = cfg.tracking.run_name or default_run_name()
-    out = Path(args.output) if args.output else default_home(cfg) / "runs" / run_name
-    print(f"run {run_name}: writing to {out}")
-    summary = fit_local(cfg, out)
-    print(f"model: {summary['model_dir']}")
+    summary = fit(_config(args), address=args.address)
+    print(f"model:   {summary['model_dir']}")
     if "report" in summary:
-        print(f"report: {summary['report']}")
+        print(f"report:  {summary['report']}")
+    if "registered" in summary:
+        print(f"registry: {summary['registered']}")
+    print(f"mlflow:  run {summary.get('mlflow_run_id')} (browse with: mlflow ui --backend-store-uri "
+          f"{summary.get('tracking_uri', '...')})")
     return 0
 
 
@@ -126,8 +126,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from defakenet.evaluate import evaluate_model
     from defakenet.report import format_metrics
 
-    metrics = evaluate_model(args.model, args.data, split=args.split, output=args.output,
-                             batch_size=args.batch_size, use_gpu=args.gpu)
+    metrics = evaluate_model(args.model, args.data, split=args.split, output=args.output, use_gpu=args.gpu,
+                             actors=args.actors, tracking_uri=args.tracking_uri)
     print(format_metrics(metrics))
     if args.output:
         print(f"report: {args.output}")
@@ -151,6 +151,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(format_metrics(json.loads(paths["metrics"].read_text())))
     print(f"report: {paths['markdown']}")
     return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from defakenet.submit import submit
+
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    return submit(args.job, address=args.address, sets=args.sets, extra=extra, follow=args.follow,
+                  token=args.token)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -203,16 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune DeFakeNet; ends with a test-split evaluation of the best epoch")
     _add_config_args(p, tuple(FLAGS))
-    p.add_argument("--output", metavar="DIR", help="run folder (default HOME/runs/RUN_NAME)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default $RAY_ADDRESS, else a local instance)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a saved model on one split and write the report")
-    p.add_argument("--model", required=True, metavar="DIR", help="model directory (…/model or …/best)")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="model directory (RUN/model), models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/model")
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset folder")
     p.add_argument("--split", default="test", help="train, valid, test or all (default test)")
     p.add_argument("--output", metavar="DIR", help="write metrics.json, curves and report.md here")
-    p.add_argument("--batch-size", type=int, help="inference batch size (default: the training batch size)")
-    p.add_argument("--gpu", action="store_true", help="run on a GPU when one is present")
+    p.add_argument("--gpu", action="store_true", help="one GPU per inference actor")
+    p.add_argument("--actors", type=int, default=1, help="inference actors (model copies) in parallel (default 1)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs (default $MLFLOW_TRACKING_URI)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="metrics and curves from a CSV of labels (1 = fake) and scores")
@@ -220,6 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR", help="report folder")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold on p(fake) (default 0.5)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("submit", help="submit a jobs/*.yaml Ray Job to a cluster; --follow streams its logs")
+    p.add_argument("job", help="job definition, e.g. jobs/train.yaml")
+    p.add_argument("--address", help="Ray dashboard address, e.g. http://HEAD:8265 (default $RAY_ADDRESS or "
+                                     "http://127.0.0.1:8265)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override appended to the job's entrypoint (repeatable)")
+    p.add_argument("--follow", action="store_true", help="stream the logs and exit with the job's status")
+    p.add_argument("--token", help="Ray auth token (default $RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more arguments for the entrypoint")
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("demo", help="the whole job on a synthetic dataset: synth → inspect → train → evaluate")
     p.add_argument("--home", default=".defakenet/demo", help="demo folder (default .defakenet/demo)")

@@ -1,0 +1,97 @@
+"""Ray Job submission: send a `jobs/*.yaml` definition to a cluster, stream its logs, return its final status.
+
+A job file holds `entrypoint`, `runtime_env` and optional `entrypoint_num_cpus` / `entrypoint_num_gpus` /
+`entrypoint_resources` / `name`, exactly the arguments of `JobSubmissionClient.submit_job`. Ray token
+authentication is picked up the way Ray's own CLI picks it up ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or
+~/.ray/auth_token); `--token` sets $RAY_AUTH_TOKEN for this process.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from defakenet.errors import UserError
+
+JOB_KEYS = ("name", "entrypoint", "runtime_env", "entrypoint_num_cpus", "entrypoint_num_gpus",
+            "entrypoint_memory", "entrypoint_resources", "metadata")
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+
+
+def load_job(path: str | Path) -> dict:
+    """Read and check a job definition; errors name the file and the valid keys."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"job file {p} does not exist (see jobs/ for the definitions)")
+    try:
+        job = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"job file {p} is not valid YAML: {e}") from None
+    if not isinstance(job, dict) or not isinstance(job.get("entrypoint"), str):
+        raise UserError(f"job file {p} needs an `entrypoint:` command string")
+    unknown = sorted(set(job) - set(JOB_KEYS))
+    if unknown:
+        raise UserError(f"job file {p}: unknown key {unknown[0]}; valid keys: {', '.join(JOB_KEYS)}")
+    env = job.get("runtime_env") or {}
+    wd = env.get("working_dir")
+    if wd and "://" not in wd:
+        # relative to the directory the command runs in, as with `ray job submit --working-dir`
+        env = {**env, "working_dir": str(Path(wd).resolve())}
+    return {**job, "runtime_env": env}
+
+
+def build_entrypoint(job: dict, sets: list[str], extra: list[str]) -> str:
+    """The job's entrypoint with `--set k=v` overrides and extra arguments appended, shell-quoted."""
+    parts = [job["entrypoint"]]
+    parts += [f"--set {shlex.quote(s)}" for s in sets]
+    parts += [shlex.quote(a) for a in extra]
+    return " ".join(parts)
+
+
+def submit(path: str | Path, *, address: str | None = None, sets: list[str] = (), extra: list[str] = (),
+           follow: bool = False, token: str | None = None, wait_s: float | None = None) -> int:
+    """Submit the job; with `follow`, stream its logs and return 0 if it SUCCEEDED, else 1."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    job = load_job(path)
+    if token:
+        os.environ["RAY_AUTH_TOKEN"] = token
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+    try:
+        client = JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UserError(f"cannot reach the Ray job server at {address}: {str(e).splitlines()[0]}") from None
+    entrypoint = build_entrypoint(job, list(sets), list(extra))
+    kwargs = {k: job[k] for k in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
+                                  "entrypoint_resources", "metadata") if job.get(k) is not None}
+    submission_id = f"{job.get('name', 'defakenet')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=job["runtime_env"] or None,
+                               submission_id=submission_id, **kwargs)
+    print(f"submitted {job_id} to {address}: {entrypoint}", flush=True)
+    if not follow:
+        print(f"follow with: ray job logs --follow --address {address} {job_id}")
+        return 0
+    import asyncio
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    try:
+        asyncio.run(asyncio.wait_for(tail(), timeout=wait_s))
+    except asyncio.TimeoutError:
+        client.stop_job(job_id)
+        print(f"\njob {job_id} still running after {wait_s:.0f}s: stopped", file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + 30
+    status = client.get_job_status(job_id)
+    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = client.get_job_status(job_id)
+    print(f"job {job_id}: {status}", flush=True)
+    return 0 if status == JobStatus.SUCCEEDED else 1
