@@ -156,8 +156,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from defakenet.submit import submit
 
-    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
-    return submit(args.job, address=args.address, sets=args.sets, extra=extra, follow=args.follow,
+    return submit(args.job, address=args.address, sets=args.sets, extra=args.extra, follow=args.follow,
                   token=args.token)
 
 
@@ -231,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold on p(fake) (default 0.5)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("submit", help="submit a jobs/*.yaml Ray Job to a cluster; --follow streams its logs")
+    p = sub.add_parser("submit", help="submit a jobs/*.yaml Ray Job to a cluster; --follow streams its logs",
+                       epilog="Arguments after a bare -- are appended to the job's entrypoint, e.g. "
+                              "defakenet submit jobs/evaluate.yaml -- --model models:/defakenet@champion --data ROOT")
     p.add_argument("job", help="job definition, e.g. jobs/train.yaml")
     p.add_argument("--address", help="Ray dashboard address, e.g. http://HEAD:8265 (default $RAY_ADDRESS or "
                                      "http://127.0.0.1:8265)")
@@ -239,7 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config override appended to the job's entrypoint (repeatable)")
     p.add_argument("--follow", action="store_true", help="stream the logs and exit with the job's status")
     p.add_argument("--token", help="Ray auth token (default $RAY_AUTH_TOKEN or ~/.ray/auth_token)")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more arguments for the entrypoint")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("demo", help="the whole job on a synthetic dataset: synth → inspect → train → evaluate")
@@ -250,7 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `defakenet submit JOB … -- ARGS`: ARGS go to the job's entrypoint untouched
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     args = parser.parse_args(argv)
+    if extra and args.command != "submit":
+        parser.error(f"unrecognized arguments: -- {' '.join(extra)}")
+    args.extra = extra
     try:
         return args.func(args)
     except UserError as e:

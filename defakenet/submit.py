@@ -3,7 +3,7 @@
 A job file holds `entrypoint`, `runtime_env` and optional `entrypoint_num_cpus` / `entrypoint_num_gpus` /
 `entrypoint_resources` / `name`, exactly the arguments of `JobSubmissionClient.submit_job`. Ray token
 authentication is picked up the way Ray's own CLI picks it up ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or
-~/.ray/auth_token); `--token` sets $RAY_AUTH_TOKEN for this process.
+~/.ray/auth_token); `--token` (or $RAY_AUTH_TOKEN) is sent as the Authorization header.
 """
 
 from __future__ import annotations
@@ -53,19 +53,38 @@ def build_entrypoint(job: dict, sets: list[str], extra: list[str]) -> str:
     return " ".join(parts)
 
 
+def _client(address: str, token: str | None):
+    """A JobSubmissionClient for `address` (the Jobs SDK lets $RAY_ADDRESS override an explicit address: not here)."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    saved = os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = address
+    try:
+        # an explicit token travels as the Authorization header, the way Ray's own client sends it
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return JobSubmissionClient(address, headers=headers)
+    except AuthenticationError as e:
+        raise UserError(f"the Ray cluster at {address} refused the auth token ({str(e).splitlines()[0]}); pass "
+                        "--token or set RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on the head)") from None
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UserError(f"cannot reach the Ray job server at {address}: {str(e).splitlines()[0]}") from None
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = saved
+
+
 def submit(path: str | Path, *, address: str | None = None, sets: list[str] = (), extra: list[str] = (),
            follow: bool = False, token: str | None = None, wait_s: float | None = None) -> int:
     """Submit the job; with `follow`, stream its logs and return 0 if it SUCCEEDED, else 1."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
     job = load_job(path)
-    if token:
-        os.environ["RAY_AUTH_TOKEN"] = token
+    token = token or os.environ.get("RAY_AUTH_TOKEN")
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
-    try:
-        client = JobSubmissionClient(address)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise UserError(f"cannot reach the Ray job server at {address}: {str(e).splitlines()[0]}") from None
+    client = _client(address, token)
     entrypoint = build_entrypoint(job, list(sets), list(extra))
     kwargs = {k: job[k] for k in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
                                   "entrypoint_resources", "metadata") if job.get(k) is not None}

@@ -81,7 +81,7 @@ def train_func_per_worker(config: dict) -> None:
     from defakenet.data.pipeline import gather_predictions, iter_batches, steps_per_epoch
 
     cfg = Config.from_dict(config["config"])
-    n_train, run_id, tracking_uri = config["n_train"], config.get("mlflow_run_id"), config.get("tracking_uri")
+    n_train = config["n_train"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -118,7 +118,6 @@ def train_func_per_worker(config: dict) -> None:
         if rank == 0:
             print(f"resumed from epoch {state['epoch']} checkpoint (best val_auc {best_auc:.4f})", flush=True)
 
-    client = _mlflow_client(tracking_uri) if rank == 0 and run_id else None
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
     run_start = time.perf_counter()
@@ -152,8 +151,6 @@ def train_func_per_worker(config: dict) -> None:
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "scaler": scaler.state_dict() if scaler is not None else {}}, Path(tmp) / TRAIN_STATE)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-                if client is not None:
-                    _log_epoch(client, run_id, metrics, epoch)
                 done = epoch - start_epoch + 1
                 eta = (time.perf_counter() - run_start) / done * (cfg.train.epochs - epoch)
                 print(f"epoch {epoch}/{cfg.train.epochs}  train_loss {metrics['train_loss']:.4f}  "
@@ -184,16 +181,31 @@ def _all_mean(value: float, device: torch.device) -> float:
     return _all_sum(value, device) / world
 
 
-def _mlflow_client(tracking_uri: str):
+def _epoch_logger(tracking_uri: str, run_id: str):
+    """A Ray Train callback that logs each epoch's metrics (rank 0's report) into MLflow run `run_id`.
+
+    It runs on the Train controller when Ray commits an epoch's report, right after the checkpoint manager has
+    recorded that epoch's checkpoint as the latest. So the history holds each epoch once: an epoch cut short by a
+    worker failure is not logged (the restarted workers resume from the last committed checkpoint and train it
+    again), and a committed epoch is never trained again. The controller runs on the driver's node, where a
+    SQLite tracking URI points.
+    """
+    from ray.train import UserCallback
+
     from defakenet import tracking
 
-    return tracking.metrics_client(tracking_uri)
+    class EpochMetricsToMlflow(UserCallback):
+        def __init__(self):
+            self._client = None  # made on the controller, on first use
 
+        def after_report(self, run_context, metrics, checkpoint):
+            if self._client is None:
+                self._client = tracking.metrics_client(tracking_uri)
+            epoch_metrics = metrics[0]
+            tracking.log_metrics_to(self._client, run_id, {k: v for k, v in epoch_metrics.items() if k != "epoch"},
+                                    step=epoch_metrics["epoch"])
 
-def _log_epoch(client, run_id: str, metrics: dict, epoch: int) -> None:
-    from defakenet import tracking
-
-    tracking.log_metrics_to(client, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+    return EpochMetricsToMlflow()
 
 
 # ---- the driver
@@ -213,7 +225,8 @@ def init_ray(cfg: Config, address: str | None = None) -> None:
         os.environ.setdefault(k, v)
     env = {"env_vars": quiet}
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        # a cluster (or a Ray Job, which sets RAY_ADDRESS): the job's runtime_env applies, don't replace it
+        ray.init(address=address, log_to_driver=True)
     else:
         # logical CPUs: the training workers plus room for the decode actors, even on a 2-core laptop
         need = int(cfg.resources.workers * cfg.resources.cpus_per_worker) + 2
@@ -255,17 +268,18 @@ def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None 
         train_rows = manifest[manifest["split"] == "train"]
         trainer = TorchTrainer(
             train_func_per_worker,
-            train_loop_config={"config": cfg.to_dict(), "n_train": len(train_rows), "mlflow_run_id": tracker.run_id,
-                               "tracking_uri": tracking_uri},
+            train_loop_config={"config": cfg.to_dict(), "n_train": len(train_rows)},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.resources.workers, use_gpu=cfg.resources.use_gpu,
                 resources_per_worker={"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if cfg.resources.use_gpu else {})},
+                placement_strategy=cfg.resources.placement_strategy,
             ),
             run_config=ray.train.RunConfig(
                 name=run_name, storage_path=storage_path(cfg),
                 checkpoint_config=ray.train.CheckpointConfig(
                     num_to_keep=1, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
                 failure_config=ray.train.FailureConfig(max_failures=cfg.resources.max_failures),
+                callbacks=[_epoch_logger(tracking_uri, tracker.run_id)],
             ),
             datasets={"train": build_dataset(train_rows, cfg, train=True),
                       "valid": build_dataset(manifest[manifest["split"] == "valid"], cfg, train=False)},
