@@ -87,6 +87,7 @@ class ResourcesConfig:
     use_gpu: bool = _f(False, "one GPU per worker (NCCL) instead of CPU (gloo)")
     cpus_per_worker: float = _f(1.0, "CPUs reserved per training worker")
     max_failures: int = _f(2, "worker failures survived per run by restarting from the latest checkpoint")
+    placement_strategy: str = _f("PACK", "where workers go: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (one per node)")
 
 
 @dataclass(frozen=True)
@@ -275,6 +276,7 @@ _CHOICES = {
     "optim.name": ("adamw", "sgd"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.threshold_method": ("youden", "fpr", "eer"),
+    "resources.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
 }
 
 
