@@ -5,7 +5,8 @@
     ─▶ threshold on valid ─▶ test report ─▶ model directory, MLflow run, registry version
 
 Rerunning the same command with the same run name resumes: Ray Train V2 restores from the latest checkpoint
-under (storage_path, run name), and the MLflow run of that name continues.
+under (storage_path, run name), and the MLflow run of that name continues unless it had FINISHED (a finished
+run's rerun, e.g. with more epochs, gets a new MLflow run of the same name).
 """
 
 from __future__ import annotations
