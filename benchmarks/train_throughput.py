@@ -1,0 +1,181 @@
+"""Training throughput: Ray Train + Ray Data vs a plain single-process PyTorch loop, measured in one run.
+
+Both sides train the same DeFakeNet (ResNet50V2) on the same images at the same resolution and batch size with
+the same augmentation, through the same `engine.train_one_epoch`; only the input pipeline and the process model
+differ. Each side runs a warm-up pass, then a timed pass of --steps optimizer steps; images/s counts images per
+second of the timed pass (data waits included). Prints the ratio ray/plain and writes JSON.
+
+    python benchmarks/train_throughput.py                                   # CPU: synthetic 64 px, 1 worker
+    python benchmarks/train_throughput.py --data ../shared/datasets/faces-140k-sample --image-size 128
+    python benchmarks/train_throughput.py --gpu --image-size 224 --batch-size 64 --workers 1   # per GPU, AMP
+
+Not a test: numbers depend on the machine. docs/benchmarks.md records what we measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+
+from defakenet.config import Config  # noqa: E402
+from defakenet.data.layouts import read_manifest  # noqa: E402
+from defakenet.engine import build_model, build_optimizer, build_scheduler, make_loader, train_one_epoch  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="dataset folder (default: a synthetic one made in a temp folder)")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=30, help="timed optimizer steps per side")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (per side)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (the plain loop is always one process)")
+    p.add_argument("--gpu", action="store_true", help="CUDA, bf16 autocast and channels_last on both sides")
+    p.add_argument("--output", default="benchmarks/results/train_throughput.json")
+    return p.parse_args(argv)
+
+
+def make_config(args: argparse.Namespace, root: str) -> Config:
+    return Config().replace(**{
+        "data.root": root, "data.image_size": args.image_size, "train.batch_size": args.batch_size,
+        "resources.workers": args.workers, "resources.use_gpu": args.gpu,
+        "resources.cpus_per_worker": max(1, (os.cpu_count() or 2) // args.workers),
+        "train.amp": "auto", "train.channels_last": True,
+    })
+
+
+def plain_loop(cfg: Config, manifest, args: argparse.Namespace) -> dict:
+    """One process: decode + augment inline (DataLoader without workers), model on all cores or the GPU."""
+    torch.manual_seed(0)
+    device = torch.device("cuda" if args.gpu else "cpu")
+    channels_last = args.gpu
+    model = build_model(cfg).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, args.steps + args.warmup, 1)
+    loader = make_loader(manifest, "train", cfg, train=True, workers=0)
+    kw = dict(device=device, amp=cfg.train.amp, channels_last=channels_last, grad_clip=cfg.optim.grad_clip)
+    train_one_epoch(model, loader, optimizer, scheduler, max_steps=args.warmup, **kw)
+    stats = train_one_epoch(model, loader, optimizer, scheduler, max_steps=args.steps, **kw)
+    return {"images": stats["images"], "seconds": stats["seconds"], "images_per_s": stats["images_per_s"]}
+
+
+def _ray_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from defakenet.data.pipeline import iter_batches
+
+    cfg = Config.from_dict(config["config"])
+    device = ray.train.torch.get_device()
+    channels_last = device.type == "cuda"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, config["steps"] + config["warmup"], 1)
+    shard = ray.train.get_dataset_shard("train")
+    kw = dict(device=device, amp=cfg.train.amp, channels_last=channels_last, grad_clip=cfg.optim.grad_clip)
+    train_one_epoch(model, iter_batches(shard, cfg.train.batch_size, train=True), optimizer, scheduler,
+                    max_steps=config["warmup"], **kw)
+    stats = train_one_epoch(model, iter_batches(shard, cfg.train.batch_size, train=True), optimizer, scheduler,
+                            max_steps=config["steps"], **kw)
+    ctx = ray.train.get_context()
+    Path(config["out"], f"rank{ctx.get_world_rank()}.json").write_text(json.dumps(stats))
+    ray.train.report({"images_per_s": stats["images_per_s"]})
+
+
+def ray_train(cfg: Config, manifest, args: argparse.Namespace) -> dict:
+    """Ray Train workers fed by the Ray Data pipeline (decode + augment in Ray Data tasks)."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from defakenet.data.pipeline import build_dataset, dataset_config
+
+    need = cfg.resources.workers * cfg.resources.cpus_per_worker + 2
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(need)), include_dashboard=False, log_to_driver=False)
+    try:
+        out = tempfile.mkdtemp(prefix="defakenet-bench-")
+        rows = manifest[manifest["split"] == "train"]
+        trainer = TorchTrainer(
+            _ray_worker,
+            train_loop_config={"config": cfg.to_dict(), "steps": args.steps, "warmup": args.warmup, "out": out},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=cfg.resources.workers, use_gpu=args.gpu,
+                resources_per_worker={"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if args.gpu else {})}),
+            run_config=ray.train.RunConfig(name="throughput", storage_path=tempfile.mkdtemp(prefix="defakenet-bench-")),
+            datasets={"train": build_dataset(rows, cfg, train=True)},
+            dataset_config=dataset_config(eval_datasets=()),
+        )
+        trainer.fit()
+        per_rank = [json.loads(p.read_text()) for p in sorted(Path(out).glob("rank*.json"))]
+    finally:
+        ray.shutdown()
+    images = sum(r["images"] for r in per_rank)
+    seconds = max(r["seconds"] for r in per_rank)
+    return {"images": images, "seconds": seconds, "images_per_s": images / seconds,
+            "images_per_s_per_worker": images / seconds / len(per_rank)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.gpu and not torch.cuda.is_available():
+        print("--gpu: no CUDA device here", file=sys.stderr)
+        return 2
+    root = args.data
+    if root is None:
+        from defakenet.data.synth import make_dataset
+
+        root = str(make_dataset(tempfile.mkdtemp(prefix="defakenet-bench-data-"), n=600, size=args.image_size))
+    elif not Path(root).is_dir():
+        print(f"--data {root}: no such folder", file=sys.stderr)
+        return 2
+    cfg = make_config(args, root)
+    manifest = read_manifest(root)
+    need = (args.steps + args.warmup) * args.batch_size * args.workers
+    n_train = int((manifest["split"] == "train").sum())
+    if n_train < need:
+        print(f"train split has {n_train} images; {need} needed for {args.warmup}+{args.steps} steps "
+              f"of {args.batch_size} x {args.workers} workers", file=sys.stderr)
+        return 2
+    print(f"data {root}: {n_train} train images; {args.image_size} px, batch {args.batch_size}, "
+          f"{args.warmup} warm-up + {args.steps} timed steps, {'GPU' if args.gpu else f'{os.cpu_count()} CPU cores'}")
+    t0 = time.perf_counter()
+    plain = plain_loop(cfg, manifest, args)
+    print(f"plain PyTorch loop:     {plain['images_per_s']:8.1f} img/s")
+    ray_stats = ray_train(cfg, manifest, args)
+    print(f"Ray Train + Ray Data:   {ray_stats['images_per_s']:8.1f} img/s  ({args.workers} worker(s), "
+          f"{ray_stats['images_per_s_per_worker']:.1f} img/s per worker)")
+    ratio = ray_stats["images_per_s"] / plain["images_per_s"]
+    print(f"ratio ray/plain:        {ratio:8.3f}")
+    result = {
+        "benchmark": "train_throughput", "ratio": ratio, "plain": plain, "ray": ray_stats,
+        "settings": {k: v for k, v in vars(args).items() if k != "output"} | {"data": root},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name() if args.gpu else None},
+        "seconds": time.perf_counter() - t0,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
