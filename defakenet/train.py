@@ -215,7 +215,10 @@ def _epoch_logger(tracking_uri: str, run_id: str):
 def init_ray(cfg: Config, address: str | None = None) -> None:
     """Connect to a cluster (`address`, $RAY_ADDRESS) or start a local instance sized for training + decoding."""
     import ray
+    from ray.data import DataContext
 
+    # the datasets carry the driver's DataContext to every coordinator and task: no per-operator progress bars
+    DataContext.get_current().enable_progress_bars = False
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
