@@ -234,8 +234,9 @@ def init_ray(cfg: Config, address: str | None = None) -> None:
     else:
         # logical CPUs: the training workers plus room for the decode actors, even on a 2-core laptop
         need = int(cfg.resources.workers * cfg.resources.cpus_per_worker) + 2
-        ray.init(num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, include_dashboard=False,
-                 log_to_driver=True)
+        # the dashboard serves the state API, which Ray Train's placement-group cleaner polls: keep it, on loopback
+        ray.init(num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, include_dashboard=True,
+                 dashboard_host="127.0.0.1", log_to_driver=True)
 
 
 def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None = None) -> dict:
