@@ -21,6 +21,8 @@ from defakenet.errors import UserError
 JOB_KEYS = ("name", "entrypoint", "runtime_env", "entrypoint_num_cpus", "entrypoint_num_gpus",
             "entrypoint_memory", "entrypoint_resources", "metadata")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# how long a submission waits for the job agent of a head that has just started
+AGENT_WAIT_S = 60.0
 
 
 def load_job(path: str | Path) -> dict:
@@ -76,6 +78,19 @@ def _client(address: str, token: str | None):
             os.environ["RAY_API_SERVER_ADDRESS"] = saved
 
 
+def _submit_when_ready(client, *, wait_s: float = AGENT_WAIT_S, **kwargs) -> str:
+    """submit_job, retried while a freshly started head has no job agent yet (HTTP 500 "No available agent")."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            print("waiting for the cluster's job agent…", file=sys.stderr, flush=True)
+            time.sleep(2)
+
+
 def submit(path: str | Path, *, address: str | None = None, sets: list[str] = (), extra: list[str] = (),
            follow: bool = False, token: str | None = None, wait_s: float | None = None) -> int:
     """Submit the job; with `follow`, stream its logs and return 0 if it SUCCEEDED, else 1."""
@@ -89,8 +104,8 @@ def submit(path: str | Path, *, address: str | None = None, sets: list[str] = ()
     kwargs = {k: job[k] for k in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
                                   "entrypoint_resources", "metadata") if job.get(k) is not None}
     submission_id = f"{job.get('name', 'defakenet')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=job["runtime_env"] or None,
-                               submission_id=submission_id, **kwargs)
+    job_id = _submit_when_ready(client, entrypoint=entrypoint, runtime_env=job["runtime_env"] or None,
+                                submission_id=submission_id, **kwargs)
     print(f"submitted {job_id} to {address}: {entrypoint}", flush=True)
     if not follow:
         print(f"follow with: ray job logs --follow --address {address} {job_id}")
