@@ -56,7 +56,10 @@ def ray_head(tmp_path_factory):
         [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
          "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
          "--num-cpus", "5", "--object-store-memory", str(200 * 1024**2), "--temp-dir", str(tmp / "ray"),
-         "--disable-usage-stats", "--include-dashboard", "true"],
+         "--disable-usage-stats", "--include-dashboard", "true",
+         # the session's own Ray instance holds the default agent ports (52365, …): take free ones
+         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+         "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp,
     )
     address = f"http://127.0.0.1:{dash}"
