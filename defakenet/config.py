@@ -160,19 +160,19 @@ def valid_keys() -> list[str]:
     return [row[0] for row in describe()]
 
 
-def load_file(path: str | Path) -> dict:
-    """Read a YAML (or JSON) config file into a nested dict; errors name the file."""
+def load_file(path: str | Path, what: str = "config file") -> dict:
+    """Read a YAML (or JSON) file holding a mapping into a dict; errors name `what` and the file."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
+        raise ConfigError(f"{what} {p} does not exist")
     try:
         d = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        raise ConfigError(f"{what} {p} is not valid YAML: {e}") from None
     if d is None:
         return {}
     if not isinstance(d, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of sections (data:, model:, …), got {type(d).__name__}")
+        raise ConfigError(f"{what} {p} must hold a mapping, got {type(d).__name__}")
     return d
 
 

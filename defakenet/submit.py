@@ -14,8 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
+from defakenet.config import load_file
 from defakenet.errors import UserError
 
 JOB_KEYS = ("name", "entrypoint", "runtime_env", "entrypoint_num_cpus", "entrypoint_num_gpus",
@@ -28,13 +27,8 @@ AGENT_WAIT_S = 60.0
 def load_job(path: str | Path) -> dict:
     """Read and check a job definition; errors name the file and the valid keys."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"job file {p} does not exist (see jobs/ for the definitions)")
-    try:
-        job = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"job file {p} is not valid YAML: {e}") from None
-    if not isinstance(job, dict) or not isinstance(job.get("entrypoint"), str):
+    job = load_file(p, what="job file")
+    if not isinstance(job.get("entrypoint"), str):
         raise UserError(f"job file {p} needs an `entrypoint:` command string")
     unknown = sorted(set(job) - set(JOB_KEYS))
     if unknown:
