@@ -170,8 +170,3 @@ def predict(
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
     return np.concatenate(labels).astype(np.int64), np.concatenate(scores).astype(np.float64)
 
-
-def bce(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mean binary cross-entropy of p(fake) scores, clipped away from 0 and 1."""
-    p = np.clip(scores, 1e-7, 1 - 1e-7)
-    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
