@@ -55,6 +55,7 @@ class ModelConfig:
     preprocessing: str = _f("tf", "input normalisation: 'tf' = x/127.5-1 (Keras weights), 'torch' = ImageNet mean/std")
     dropout: float = _f(0.2, "dropout before the single-logit head")
     freeze_depth: int = _f(0, "freeze the first k of [stem, conv2, conv3, conv4, conv5]; 0 = train all, 5 = head only")
+    unfreeze_epoch: int = _f(0, "staged unfreezing: from this epoch on every layer trains (new optimizer); 0 = never")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,28 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class PromoteConfig:
+    auc_margin: float = _f(0.0, "a new version becomes champion only if its test ROC-AUC beats the champion's by more")
+    max_accuracy_drop: float = _f(0.01, "… and its test accuracy is at most this much below the champion's")
+
+
+def _default_space() -> dict:
+    return {"optim": {"lr": {"loguniform": [1e-5, 1e-2]}}, "model": {"freeze_depth": {"int": [0, 5]}}}
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    num_samples: int = _f(8, "trials in the study")
+    max_concurrent: int = _f(0, "trials at once; 0 = as many as the cluster's GPUs (or CPUs) fit")
+    search: str = _f("optuna", "search algorithm: optuna (TPE) or random")
+    grace_period: int = _f(1, "ASHA: epochs every trial trains before it can be stopped")
+    reduction_factor: float = _f(2.0, "ASHA: each rung keeps the best 1/reduction_factor of trials")
+    space: dict = field(default_factory=_default_space, metadata={
+        "help": "search space, nested like the config: {section: {key: {loguniform|uniform: [lo, hi] | "
+                "int: [lo, hi] | choice: [v, …]}}}"})
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -109,6 +132,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     # ---- construction
 
@@ -152,7 +177,8 @@ def describe() -> list[tuple[str, str, Any, str]]:
         sub = hints[sect.name]
         sub_hints = typing.get_type_hints(sub)
         for f in dataclasses.fields(sub):
-            rows.append((f"{sect.name}.{f.name}", _type_name(sub_hints[f.name]), f.default, f.metadata.get("help", "")))
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{sect.name}.{f.name}", _type_name(sub_hints[f.name]), default, f.metadata.get("help", "")))
     return rows
 
 
@@ -260,6 +286,10 @@ def _coerce(value: Any, t: Any, key: str) -> Any:
             return float(value)
         if t is str:
             return "" if value is None else str(value)
+        if t is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return _lists_of_numbers(value)
         if t is tuple:
             if isinstance(value, str):
                 value = [v for v in value.replace(",", " ").split()]
@@ -277,7 +307,62 @@ _CHOICES = {
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.threshold_method": ("youden", "fpr", "eer"),
     "resources.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+    "tune.search": ("optuna", "random"),
 }
+# search-space domains: name → what its list holds
+DOMAINS = {"loguniform": "[low, high], low > 0", "uniform": "[low, high]", "int": "[low, high], both inclusive",
+           "choice": "[value, …]"}
+
+
+def search_space(space: dict) -> dict[str, tuple[str, list]]:
+    """`tune.space` (nested like the config) → {"section.key": (domain, args)}, every key and domain checked."""
+    if not isinstance(space, dict) or not space:
+        raise ConfigError("config key tune.space must map sections to keys to domains, e.g. "
+                          "{optim: {lr: {loguniform: [1e-5, 1e-2]}}}")
+    rows = {key: typ for key, typ, _, _ in describe()}
+    out = {}
+    for section, keys in space.items():
+        if not isinstance(keys, dict):
+            raise ConfigError(f"tune.space.{section} must map keys to domains, got {keys!r}")
+        for name, spec in keys.items():
+            key = f"{section}.{name}"
+            if key not in rows or section in ("tune", "promote", "tracking"):
+                raise ConfigError(f"tune.space names {key}, which is not a config key that a trial can vary "
+                                  f"(see `defakenet config keys`)")
+            if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DOMAINS:
+                raise ConfigError(f"tune.space.{key} must be one of " + ", ".join(f"{{{d}: {a}}}" for d, a in DOMAINS.items())
+                                  + f"; got {spec!r}")
+            domain, args = next(iter(spec.items()))
+            ok = isinstance(args, (list, tuple)) and len(args) >= 1
+            if ok and domain != "choice":  # YAML 1.1 reads 1e-5 (no dot) as a string
+                args = [_number(a) for a in args]
+            if ok and domain != "choice":
+                ok = len(args) == 2 and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args) \
+                    and args[0] <= args[1] and rows[key] in ("int", "float") \
+                    and (domain != "loguniform" or args[0] > 0) and (domain != "int" or (rows[key] == "int" and all(float(a).is_integer() for a in args)))
+            if not ok:
+                raise ConfigError(f"tune.space.{key}: {domain} expects {DOMAINS[domain]} for a {rows[key]} key, "
+                                  f"got {args!r}")
+            out[key] = (domain, list(args))
+    return out
+
+
+def _lists_of_numbers(d: Any) -> Any:
+    """Numbers inside lists parsed (YAML 1.1 reads 1e-5 as a string); everything else as it is."""
+    if isinstance(d, dict):
+        return {k: _lists_of_numbers(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_number(v) for v in d]
+    return d
+
+
+def _number(a: Any) -> Any:
+    if isinstance(a, str):
+        try:
+            return float(a)
+        except ValueError:
+            pass
+    return a
 
 
 def _validate(obj: Any, prefix: str) -> None:
@@ -298,5 +383,13 @@ def _validate(obj: Any, prefix: str) -> None:
             raise ConfigError(f"config key data.split needs three non-negative shares summing to 1, got {list(obj.split)}")
         if not 0 < obj.crop_pct <= 1:
             raise ConfigError(f"config key data.crop_pct must be in (0, 1], got {obj.crop_pct}")
+    if prefix == "tune.":
+        search_space(obj.space)
+        if obj.num_samples < 1 or obj.max_concurrent < 0 or obj.grace_period < 1 or obj.reduction_factor <= 1:
+            raise ConfigError("config keys tune.num_samples >= 1, tune.max_concurrent >= 0, tune.grace_period >= 1 "
+                              f"and tune.reduction_factor > 1 are required, got {obj.num_samples}, "
+                              f"{obj.max_concurrent}, {obj.grace_period}, {obj.reduction_factor}")
+    if prefix == "model." and obj.unfreeze_epoch < 0:
+        raise ConfigError(f"config key model.unfreeze_epoch must be >= 0, got {obj.unfreeze_epoch}")
     if prefix == "model." and not 0 <= obj.freeze_depth <= 5:
         raise ConfigError(f"config key model.freeze_depth must be in 0..5, got {obj.freeze_depth}")
