@@ -97,10 +97,12 @@ def train_func_per_worker(config: dict) -> None:
             model.load_state_dict(load_model(d).model.state_dict())
             state = torch.load(Path(d) / TRAIN_STATE, map_location="cpu", weights_only=True)
         start_epoch, best_auc, stale = state["epoch"] + 1, state["best_auc"], state["stale"]
+    unfreeze_at = cfg.model.unfreeze_epoch if cfg.model.freeze_depth else 0
+    if unfreeze_at and start_epoch > unfreeze_at:
+        model.set_freeze_depth(0)  # resumed past the unfreeze epoch: the saved optimizer covers every layer
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
-    plain = model.module if hasattr(model, "module") else model
+    plain = model
 
     steps = steps_per_epoch(n_train, cfg.train.batch_size, world)
     if cfg.train.max_steps:
@@ -108,8 +110,17 @@ def train_func_per_worker(config: dict) -> None:
     if steps < 1:
         raise DataError(f"train split of {n_train} images is too small for {world} workers x batch "
                         f"{cfg.train.batch_size}; lower train.batch_size or resources.workers")
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, steps, cfg.train.epochs)
+
+    def prepare(done_steps: int):
+        """DDP over the currently trainable parameters, a fresh optimizer and the schedule at `done_steps`."""
+        ddp = ray.train.torch.prepare_model(plain)
+        opt = build_optimizer(ddp, cfg.optim)
+        sched = build_scheduler(opt, cfg.optim, steps, cfg.train.epochs)
+        for _ in range(done_steps):  # LambdaLR: stepping replays the schedule; no optimizer step involved
+            sched.step()
+        return ddp, opt, sched
+
+    model, optimizer, scheduler = prepare(0)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" and device.type == "cuda" else None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -124,6 +135,14 @@ def train_func_per_worker(config: dict) -> None:
     run_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         t0 = time.perf_counter()
+        if unfreeze_at and epoch == unfreeze_at:
+            # staged unfreezing: every layer trains from here on; DDP must be rebuilt to sync the new parameters
+            del model, optimizer
+            plain.set_freeze_depth(0)
+            model, optimizer, scheduler = prepare((epoch - 1) * steps)
+            if rank == 0:
+                print(f"epoch {epoch}: unfroze the backbone ({count_parameters(plain, trainable_only=True):,} "
+                      f"trainable parameters), new optimizer", flush=True)
         stats = train_one_epoch(
             model, iter_batches(train_shard, cfg.train.batch_size, train=True, seed=cfg.train.seed), optimizer,
             scheduler, device=device, amp=cfg.train.amp, channels_last=channels_last, grad_clip=cfg.optim.grad_clip,
@@ -140,6 +159,7 @@ def train_func_per_worker(config: dict) -> None:
             "val_accuracy": val["accuracy"], SCORE: val["roc_auc"],
             "images_per_s": images / stats["seconds"] if stats["seconds"] > 0 else 0.0,
             "epoch_time_s": epoch_time, "lr": scheduler.get_last_lr()[0],
+            "trainable_parameters": count_parameters(plain, trainable_only=True),
         }
         improved = metrics[SCORE] > best_auc
         best_auc, stale = (metrics[SCORE], 0) if improved else (best_auc, stale + 1)
@@ -341,6 +361,16 @@ def finish(cfg: Config, manifest, best_dir: Path, out: Path, *, tracker=None,
         if info.get("version") is not None:
             summary["registered"] = info["registered_model_uri"]
             log(f"registered {info['registered_model_uri']}")
+            if "test" in summary:  # the promotion gate: champion or challenger (defakenet.registry)
+                from defakenet.registry import gate
+
+                decision = gate(cfg.tracking.register, info["version"], tracking_uri=tracker.tracking_uri,
+                                auc_margin=cfg.promote.auc_margin, max_accuracy_drop=cfg.promote.max_accuracy_drop)
+                summary["alias"] = decision["decision"]
+                log(f"registry: {decision['line']}")
+            else:
+                log(f"registry: no test metrics, so no alias for {info['registered_model_uri']} "
+                    f"(promote it with `defakenet registry promote {info['version']}`)")
     return summary
 
 

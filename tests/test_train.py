@@ -64,3 +64,21 @@ def test_evaluate_registered_version_reproduces_logged_test_metrics(trained, mlf
     got = json.loads((out / "metrics.json").read_text())
     for key in ("accuracy", "roc_auc", "average_precision", "f1"):
         assert got[key] == pytest.approx(run.data.metrics[f"test_{key}"], abs=1e-6), key
+
+
+def test_staged_unfreezing_rebuilds_ddp_and_trains_every_layer(ray_session, mlflow_server, synth_small, tmp_path):
+    """freeze_depth 5 (head only) for epoch 1, then model.unfreeze_epoch=2 unfreezes the backbone under DDP."""
+    from defakenet.config import Config
+    from defakenet.train import fit
+
+    cfg = Config().replace(**{
+        "data.root": str(synth_small), "data.image_size": 32, "train.batch_size": 8, "train.max_steps": 2,
+        "train.epochs": 3, "resources.workers": 2, "model.freeze_depth": 5, "model.unfreeze_epoch": 2,
+        "tracking.home": str(tmp_path), "tracking.tracking_uri": mlflow_server, "tracking.experiment": "unfreeze",
+        "tracking.run_name": "staged"})
+    summary = fit(cfg, log=lambda _: None)
+    client = tracking._client(mlflow_server)
+    run = client.get_run(summary["mlflow_run_id"])
+    history = sorted(client.get_metric_history(run.info.run_id, "trainable_parameters"), key=lambda m: m.step)
+    assert [(m.step, int(m.value)) for m in history] == [(1, 2_049), (2, 23_521_409), (3, 23_521_409)]
+    assert run.info.status == "FINISHED"
