@@ -33,7 +33,10 @@ FLAGS = {
     "--home": "tracking.home",
     "--storage": "tracking.storage",
     "--tracking-uri": "tracking.tracking_uri",
+    "--num-samples": "tune.num_samples",
+    "--max-concurrent": "tune.max_concurrent",
 }
+TRAIN_FLAGS = tuple(f for f in FLAGS if not FLAGS[f].startswith("tune."))
 
 
 def _add_config_args(p: argparse.ArgumentParser, flags: tuple[str, ...] = ()) -> None:
@@ -122,6 +125,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from defakenet.tune import run_study
+
+    summary = run_study(_config(args), resume=args.resume, address=args.address)
+    print(f"study:   {summary['study']}, {len(summary['trials'])} trials, best {summary['best_trial']}")
+    print(f"model:   {summary['model_dir']}")
+    if "report" in summary:
+        print(f"report:  {summary['report']}")
+    if "registered" in summary:
+        print(f"registry: {summary['registered']}" + (f" → {summary['alias']}" if summary.get("alias") else ""))
+    print(f"mlflow:  run {summary.get('mlflow_run_id')} (browse with: mlflow ui --backend-store-uri "
+          f"{summary['tracking_uri']})")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from defakenet.evaluate import evaluate_model
     from defakenet.report import format_metrics
@@ -164,6 +182,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from defakenet.demo import run_demo
 
     return run_demo(Path(args.home))
+
+
+def _registry_uri(args: argparse.Namespace) -> str:
+    """Where `defakenet train` registers: --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite under --home."""
+    from defakenet import tracking
+
+    return tracking.resolve_tracking_uri(args.tracking_uri or "", args.home or tracking.DEFAULT_HOME)
+
+
+def cmd_registry_list(args: argparse.Namespace) -> int:
+    from defakenet.registry import format_table, list_table
+
+    rows = list_table(args.name, tracking_uri=_registry_uri(args))
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def cmd_registry_show(args: argparse.Namespace) -> int:
+    from defakenet.registry import format_show, show
+
+    info = show(args.name, args.version, tracking_uri=_registry_uri(args))
+    print(json.dumps(info, indent=2) if args.json else format_show(info))
+    return 0
+
+
+def cmd_registry_promote(args: argparse.Namespace) -> int:
+    from defakenet.registry import promote
+
+    r = promote(args.name, args.version, tracking_uri=_registry_uri(args))
+    if not r["changed"]:
+        print(f"{r['name']} v{r['champion']} is already champion")
+    else:
+        was = f"v{r['previous']}" if r["previous"] is not None else "none"
+        print(f"{r['name']} v{r['champion']} is now champion (was {was}; undo with `defakenet registry rollback`)")
+    return 0
+
+
+def cmd_registry_rollback(args: argparse.Namespace) -> int:
+    from defakenet.registry import rollback
+
+    r = rollback(args.name, tracking_uri=_registry_uri(args))
+    print(f"{r['name']} v{r['champion']} is champion again (rolled back from v{r['previous']})")
+    return 0
+
+
+def _version_arg(text: str) -> int:
+    """A registry version: 3 or v3."""
+    t = text[1:] if text[:1] in "vV" else text
+    if not t.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid version {text!r}; expected a number such as 3 or v3")
+    return int(t)
 
 
 # ---- parser
@@ -209,9 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config_keys)
 
     p = sub.add_parser("train", help="fine-tune DeFakeNet; ends with a test-split evaluation of the best epoch")
-    _add_config_args(p, tuple(FLAGS))
+    _add_config_args(p, TRAIN_FLAGS)
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default $RAY_ADDRESS, else a local instance)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="Ray Tune study over training runs (ASHA); the winner is tested and registered",
+                       epilog="The search space is tune.space in --config (nested like the config: "
+                              "{optim: {lr: {loguniform: [1e-5, 1e-2]}}, model: {freeze_depth: {int: [0, 5]}}}). "
+                              "Rerunning with the same --run-name resumes the study.")
+    _add_config_args(p, tuple(FLAGS))
+    p.add_argument("--resume", action="store_true",
+                   help="resume the study named by --run-name (default: the most recent one) without rerunning "
+                        "finished trials")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default $RAY_ADDRESS, else a local instance)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="score a saved model on one split and write the report")
     p.add_argument("--model", required=True, metavar="MODEL",
@@ -245,6 +325,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole job on a synthetic dataset: synth → inspect → train → evaluate")
     p.add_argument("--home", default=".defakenet/demo", help="demo folder (default .defakenet/demo)")
     p.set_defaults(func=cmd_demo)
+
+    from defakenet.registry import DEFAULT_MODEL_NAME
+
+    registry = sub.add_parser("registry", help="registered versions: list, show, promote to champion, roll back")
+    rsub = registry.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
+    for action, help_, func in [
+        ("list", "every version: aliases, test ROC-AUC / accuracy, creation time and run", cmd_registry_list),
+        ("show", "one version: gate decision, metrics, tags, source and run", cmd_registry_show),
+        ("promote", "make VERSION the champion by hand (rollback undoes it)", cmd_registry_promote),
+        ("rollback", "move champion back to the previous champion", cmd_registry_rollback),
+    ]:
+        p = rsub.add_parser(action, help=help_)
+        if action in ("show", "promote"):
+            p.add_argument("version", type=_version_arg, metavar="VERSION", help="version number, e.g. 3")
+        p.add_argument("--name", default=DEFAULT_MODEL_NAME,
+                       help=f"registered model name (default {DEFAULT_MODEL_NAME})")
+        p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, "
+                                                             "else the SQLite store under --home, as train uses)")
+        p.add_argument("--home", default="", metavar="DIR",
+                       help="data folder of the default SQLite store (default .defakenet)")
+        if action in ("list", "show"):
+            p.add_argument("--json", action="store_true", help="print JSON instead of text")
+        p.set_defaults(func=func)
     return parser
 
 

@@ -7,7 +7,8 @@
 - The model: a defakenet model directory (safetensors + JSON, see `artifact.py`) logged as an MLflow pyfunc
   "from code" — no pickle anywhere. `resolve_model` turns `models:/NAME/VERSION`, `models:/NAME@ALIAS`,
   `runs:/RUN_ID/model` or a local folder back into that directory, which `artifact.load_model` reads.
-- The registry: `set_alias`, `get_version_by_alias`, `list_versions`, `set_version_tags`.
+- The registry: `set_alias`, `delete_alias`, `get_version_by_alias`, `list_versions`, `set_version_tags`,
+  `set_version_description`, `get_model_tags`, `set_model_tags` (the promotion rules are in `registry.py`).
 
 mlflow is imported on first use, after telemetry is switched off (mlflow reads the switch when it is imported);
 nothing happens when this module is imported.
@@ -198,6 +199,11 @@ class Tracker:
         self._ensure_active()
         _mlflow().set_tags({f"system.{k}": _param_str(v)[:MAX_PARAM_LENGTH] for k, v in info.items()})
 
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Tags on this run (values stringified)."""
+        self._ensure_active()
+        _mlflow().set_tags({k: _param_str(v)[:MAX_PARAM_LENGTH] for k, v in tags.items()})
+
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         """Upload the files under `local_dir` to the run's artifacts (under `artifact_path`)."""
         self._ensure_active()
@@ -308,6 +314,33 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
         raise UserError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore "
                         f"--experiment-id {exp.experiment_id}) or choose another tracking.experiment")
     return exp.experiment_id
+
+
+def run_finished(tracking_uri: str, experiment: str, run_name: str) -> bool:
+    """Whether the newest run called `run_name` in `experiment` has FINISHED (False if there is none)."""
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return False
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = {_quote(run_name)}",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return bool(runs) and runs[0].info.status == "FINISHED"
+
+
+def close_run(tracking_uri: str, experiment: str, run_name: str, status: str, tags: dict[str, Any]) -> str | None:
+    """End the newest run called `run_name` with `status` and `tags` (for runs whose process Ray Tune stopped
+    before it could end them); returns its run id, None if there is no such run."""
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = {_quote(run_name)}",
+                              order_by=["attributes.start_time DESC"], max_results=1) if exp else []
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    for k, v in tags.items():
+        client.set_tag(run_id, k, _param_str(v))
+    client.set_terminated(run_id, status)
+    return run_id
 
 
 def _resumable_run(client, exp_id: str, run_name: str) -> str | None:
@@ -505,7 +538,8 @@ def get_version_by_alias(name: str, alias: str, *, tracking_uri: str | None = No
 
 
 def list_versions(name: str, *, tracking_uri: str | None = None) -> list[dict]:
-    """Versions of `name`, oldest first: {version, aliases, run_id, status, created, source, tags, metrics}.
+    """Versions of `name`, oldest first: {version, aliases, run_id, status, created, source, description, tags,
+    metrics}; `created` is mlflow's creation timestamp in milliseconds.
 
     `metrics` holds the test metrics of the version's run (keys starting with "test"), or the version's tags
     starting with "test" when the run is gone.
@@ -530,7 +564,7 @@ def list_versions(name: str, *, tracking_uri: str | None = None) -> list[dict]:
         version = int(mv.version)
         out.append({"version": version, "aliases": sorted(aliases.get(version, [])), "run_id": mv.run_id,
                     "status": mv.status, "created": mv.creation_timestamp, "source": mv.source,
-                    "tags": dict(mv.tags or {}), "metrics": metrics})
+                    "description": mv.description or "", "tags": dict(mv.tags or {}), "metrics": metrics})
     return sorted(out, key=lambda d: d["version"])
 
 
@@ -540,6 +574,33 @@ def set_version_tags(name: str, version: int, tags: dict[str, Any], *, tracking_
     _check_version(client, name, version)
     for k, v in tags.items():
         client.set_model_version_tag(name, str(version), k, _param_str(v) if not isinstance(v, str) else v)
+
+
+def set_version_description(name: str, version: int, description: str, *, tracking_uri: str | None = None) -> None:
+    """Replace the description of one version of `name`."""
+    client = _client(tracking_uri)
+    _check_version(client, name, version)
+    client.update_model_version(name, str(version), description=description)
+
+
+def delete_alias(name: str, alias: str, *, tracking_uri: str | None = None) -> None:
+    """Remove `alias` from registered model `name`; nothing happens if it is not set."""
+    client = _client(tracking_uri)
+    if alias in (_registered_model(client, name).aliases or {}):
+        client.delete_registered_model_alias(name, alias)
+
+
+def get_model_tags(name: str, *, tracking_uri: str | None = None) -> dict[str, str]:
+    """The tags of registered model `name` (not of its versions); UserError if there is no model `name`."""
+    return dict(_registered_model(_client(tracking_uri), name).tags or {})
+
+
+def set_model_tags(name: str, tags: dict[str, Any], *, tracking_uri: str | None = None) -> None:
+    """Set tags (values stringified) on registered model `name` itself."""
+    client = _client(tracking_uri)
+    _registered_model(client, name)
+    for k, v in tags.items():
+        client.set_registered_model_tag(name, k, _param_str(v) if not isinstance(v, str) else v)
 
 
 def _registered_version(client, uri: str) -> tuple[str, int]:
