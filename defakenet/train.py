@@ -18,8 +18,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ray.train.torch import TorchTrainer
 
 from defakenet.artifact import load_model, save_model
 from defakenet.config import Config
@@ -164,6 +168,7 @@ def train_func_per_worker(config: dict) -> None:
         improved = metrics[SCORE] > best_auc
         best_auc, stale = (metrics[SCORE], 0) if improved else (best_auc, stale + 1)
         stop = bool(cfg.train.patience) and stale >= cfg.train.patience
+        metrics["patience_stop"] = int(stop)
         with tempfile.TemporaryDirectory(prefix="defakenet-ckpt-") as tmp:
             ckpt = None
             if rank == 0:
@@ -232,8 +237,9 @@ def _epoch_logger(tracking_uri: str, run_id: str):
 # ---- the driver
 
 
-def init_ray(cfg: Config, address: str | None = None) -> None:
-    """Connect to a cluster (`address`, $RAY_ADDRESS) or start a local instance sized for training + decoding."""
+def init_ray(cfg: Config, address: str | None = None, cpus: int = 0) -> None:
+    """Connect to a cluster (`address`, $RAY_ADDRESS) or start a local instance of at least `cpus` logical CPUs
+    (default: sized for one training run + decoding)."""
     import ray
     from ray.data import DataContext
 
@@ -253,29 +259,61 @@ def init_ray(cfg: Config, address: str | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         # logical CPUs: the training workers plus room for the decode actors, even on a 2-core laptop
-        need = int(cfg.resources.workers * cfg.resources.cpus_per_worker) + 2
+        need = cpus or int(cfg.resources.workers * cfg.resources.cpus_per_worker) + 2
         # the dashboard serves the state API, which Ray Train's placement-group cleaner polls: keep it, on loopback
         ray.init(num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, include_dashboard=True,
                  dashboard_host="127.0.0.1", log_to_driver=True)
 
 
-def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None = None) -> dict:
-    """Train `cfg` on Ray Train, evaluate the best checkpoint on test, track in MLflow; returns a summary."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from defakenet import tracking
-    from defakenet.data.pipeline import build_dataset, dataset_config
-
+def load_run_inputs(cfg: Config, log: Callable[[str], None], prefix: str):
+    """The manifest of cfg.data.root (each split checked) and cfg with a run name and absolute local paths."""
     if not cfg.data.root:
         raise UserError("no dataset: pass --data ROOT (or set data.root in --config)")
     manifest = read_manifest(cfg.data.root, ratios=cfg.data.split, seed=cfg.data.split_seed)
     check_splits(manifest)
     counts = manifest.groupby("split")["label"].agg(["count", "sum"])
     log("data: " + ", ".join(f"{s} {int(r['count'])} ({int(r['sum'])} fake)" for s, r in counts.iterrows()))
-    run_name = cfg.tracking.run_name or default_run_name()
-    cfg = cfg.replace(**{"tracking.run_name": run_name, "data.root": _absolute(cfg.data.root),
-                         "model.weights": _absolute(cfg.model.weights)})
+    cfg = cfg.replace(**{"tracking.run_name": cfg.tracking.run_name or default_run_name(prefix),
+                         "data.root": _absolute(cfg.data.root), "model.weights": _absolute(cfg.model.weights)})
+    return cfg, manifest
+
+
+def make_trainer(cfg: Config, manifest, *, callbacks: list) -> TorchTrainer:
+    """The TorchTrainer of one training run: name cfg.tracking.run_name under storage_path(cfg), so that a rerun
+    with the same name resumes from its latest checkpoint."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from defakenet.data.pipeline import build_dataset, dataset_config
+
+    train_rows = manifest[manifest["split"] == "train"]
+    return TorchTrainer(
+        train_func_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "n_train": len(train_rows)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.resources.workers, use_gpu=cfg.resources.use_gpu,
+            resources_per_worker={"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if cfg.resources.use_gpu else {})},
+            placement_strategy=cfg.resources.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.tracking.run_name, storage_path=storage_path(cfg),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.resources.max_failures),
+            callbacks=callbacks,
+        ),
+        datasets={"train": build_dataset(train_rows, cfg, train=True),
+                  "valid": build_dataset(manifest[manifest["split"] == "valid"], cfg, train=False)},
+        dataset_config=dataset_config(),
+    )
+
+
+def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None = None) -> dict:
+    """Train `cfg` on Ray Train, evaluate the best checkpoint on test, track in MLflow; returns a summary."""
+    from defakenet import tracking
+
+    cfg, manifest = load_run_inputs(cfg, log, prefix="train")
+    run_name = cfg.tracking.run_name
     home = default_home(cfg)
     out = home / "runs" / run_name
 
@@ -290,26 +328,7 @@ def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None 
             f"of {count_parameters(model_probe):,} parameters, {cfg.resources.workers} workers "
             f"({'GPU' if cfg.resources.use_gpu else 'CPU'}); MLflow {tracking_uri} run {tracker.run_id}")
         tracker.log_system_info(_system_info(cfg, trainable))
-        train_rows = manifest[manifest["split"] == "train"]
-        trainer = TorchTrainer(
-            train_func_per_worker,
-            train_loop_config={"config": cfg.to_dict(), "n_train": len(train_rows)},
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=cfg.resources.workers, use_gpu=cfg.resources.use_gpu,
-                resources_per_worker={"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if cfg.resources.use_gpu else {})},
-                placement_strategy=cfg.resources.placement_strategy,
-            ),
-            run_config=ray.train.RunConfig(
-                name=run_name, storage_path=storage_path(cfg),
-                checkpoint_config=ray.train.CheckpointConfig(
-                    num_to_keep=1, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
-                failure_config=ray.train.FailureConfig(max_failures=cfg.resources.max_failures),
-                callbacks=[_epoch_logger(tracking_uri, tracker.run_id)],
-            ),
-            datasets={"train": build_dataset(train_rows, cfg, train=True),
-                      "valid": build_dataset(manifest[manifest["split"] == "valid"], cfg, train=False)},
-            dataset_config=dataset_config(),
-        )
+        trainer = make_trainer(cfg, manifest, callbacks=[_epoch_logger(tracking_uri, tracker.run_id)])
         result = trainer.fit()
         best = result.get_best_checkpoint(SCORE, "max")
         if best is None:

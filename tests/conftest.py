@@ -9,7 +9,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import pytest  # noqa: E402
-from mlflow_server import mlflow_server_fixture  # noqa: E402
+from mlflow_server import free_port, mlflow_server_fixture  # noqa: E402
 
 from defakenet.data.synth import make_dataset  # noqa: E402
 
@@ -24,7 +24,10 @@ def ray_session():
     from ray.data import DataContext
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True,
+        # the dashboard (on loopback) serves the state API that Ray Train's placement-group cleaner polls: without
+        # it the placement groups of trials that Tune kills are never removed
+        ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
+                 log_to_driver=True,
                  runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1",
                                            "MLFLOW_DISABLE_TELEMETRY": "true"}})
     DataContext.get_current().enable_progress_bars = False

@@ -3,8 +3,7 @@ workers spread over the nodes of a two-node `ray.cluster_utils.Cluster`.
 
 Evidence comes from outside the product: the MLflow metric history (one `val_roc_auc` entry per epoch, stamped
 with the time it was logged), Ray's GCS actor table (each `RayTrainWorker`'s pid, node, start and death) and its
-placement group table. `ray.util.state.list_actors` would need the dashboard, which the session instance runs
-without, so the actor table is read from the GCS (`ray._private.state.actors()`).
+placement group table, read from the GCS (`ray._private.state.actors()`).
 """
 
 from __future__ import annotations
