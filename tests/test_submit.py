@@ -21,7 +21,7 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def test_job_files_load_and_entrypoints_exist():
-    for name in ("train.yaml", "evaluate.yaml"):
+    for name in ("train.yaml", "evaluate.yaml", "tune.yaml"):
         job = load_job(REPO / "jobs" / name)
         assert job["entrypoint"].startswith("python -m defakenet ")
         assert Path(job["runtime_env"]["working_dir"]).is_absolute()
@@ -112,4 +112,26 @@ def test_submit_train_job_with_token(ray_head, mlflow_server, synth_small, tmp_p
     client = tracking.client(mlflow_server)
     exp = client.get_experiment_by_name("submitted")
     (run,) = client.search_runs([exp.experiment_id], "tags.mlflow.runName = 'job-run'")
+    assert run.info.status == "FINISHED" and "test_roc_auc" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_plain_ray_job_submit_runs_train(ray_head, mlflow_server, synth_small, tmp_path):
+    """`ray job submit --working-dir . -- python -m defakenet train …`, Ray's own CLI, with the cluster's token."""
+    address, token = ray_head
+    home = tmp_path / "home"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--",
+           "python", "-m", "defakenet", "train", "--data", str(synth_small), "--workers", "2", "--epochs", "1",
+           "--image-size", "32", "--batch-size", "8", "--home", str(home), "--tracking-uri", mlflow_server,
+           "--experiment", "plain-submit", "--run-name", "plain-job", "--set", "train.max_steps=1"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "succeeded" in out.lower(), out[-3000:]
+    assert "epoch 1/1" in out
+    client = tracking.client(mlflow_server)
+    exp = client.get_experiment_by_name("plain-submit")
+    (run,) = client.search_runs([exp.experiment_id], "tags.mlflow.runName = 'plain-job'")
     assert run.info.status == "FINISHED" and "test_roc_auc" in run.data.metrics
