@@ -268,14 +268,14 @@ def run_study(cfg: Config, *, resume: bool = False, log: Callable[[str], None] =
     # a local instance holds max_concurrent trials (or what the machine's cores fit), each with decode headroom
     per_trial = per_trial_resources(cfg)["CPU"]
     local_k = cfg.tune.max_concurrent or max(1, min(cfg.tune.num_samples, int((os.cpu_count() or 1) // per_trial)))
+    exists = tune.Tuner.can_restore(path)
+    if resume and not exists:
+        raise UserError(f"--resume: no study {study!r} at {path}")
     init_ray(cfg, address, cpus=math.ceil(local_k * per_trial))
     # a trial ASHA stops is blocked in TorchTrainer.fit() until its next epoch: Tune's graceful stop would leave
     # its workers holding their CPUs/GPUs for up to 10 minutes while new trials start. Kill it after a few seconds
     # instead (its TrainController and workers go with it; its checkpoints and MLflow run stay).
     os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", "5")
-    exists = tune.Tuner.can_restore(path)
-    if resume and not exists:
-        raise UserError(f"--resume: no study {study!r} at {path}")
     tracker = tracking.Tracker(tracking_uri).start(cfg.tracking.experiment, study, tags={"kind": "study"})
     with tracker:
         tracker.log_config(cfg)
