@@ -207,10 +207,7 @@ def write_plots(table: pd.DataFrame, keys: list[str], out: Path) -> dict[str, Pa
     ax.set_xlabel(x or "trial")
     ax.set_ylabel("best val ROC-AUC")
     ax.set_title("val ROC-AUC per trial")
-    fig.tight_layout()
-    paths["val_auc_vs_lr"] = out / "val_auc_vs_lr.png"
-    fig.savefig(paths["val_auc_vs_lr"], dpi=120)
-    plt.close(fig)
+    paths["val_auc_vs_lr"] = _save(fig, out / "val_auc_vs_lr.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     scores = table["best_val_roc_auc"].astype(float).fillna(-math.inf) if "best_val_roc_auc" in table else []
@@ -219,11 +216,17 @@ def write_plots(table: pd.DataFrame, keys: list[str], out: Path) -> dict[str, Pa
         ax.plot(range(1, len(best) + 1), best, marker="o")
     ax.set_xlabel("trial (in creation order)")
     ax.set_ylabel("best val ROC-AUC so far")
-    fig.tight_layout()
-    paths["best_so_far"] = out / "best_so_far.png"
-    fig.savefig(paths["best_so_far"], dpi=120)
-    plt.close(fig)
+    paths["best_so_far"] = _save(fig, out / "best_so_far.png")
     return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 # ---- the study
