@@ -1,0 +1,401 @@
+"""Ray Serve endpoint: the registry's champion behind an HTTP API, with dynamic batching, following the alias.
+
+    client ─▶ proxy ─▶ Detector replica (FastAPI ingress)
+                         │ read body (size cap) → sniff format → decode_rgb (EXIF, modes, pixel cap)
+                         │ @serve.batch: preprocess with the answering model's metadata → one forward
+                         └ poller thread: models:/NAME@ALIAS moved? load the new version, swap, keep serving
+
+`build_app(ServeArgs)` is the typed application builder that `serve run defakenet.serve:build_app key=value`,
+a Serve config file and a KubeRay RayService (`import_path: defakenet.serve:build_app`) all use.
+Each batch takes one snapshot of the current model, so a swap never mixes versions inside a batch and every
+response names the version that computed it.
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at runtime
+import asyncio
+import email.parser
+import email.policy
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, model_validator
+from ray import serve
+from ray.serve import Application
+
+from defakenet.data.image import decode_rgb
+from defakenet.errors import DataError
+
+logger = logging.getLogger("ray.serve")
+
+DEFAULT_MODEL_URI = "models:/defakenet@champion"
+ACCEPTED_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
+# content types that say "bytes, look inside" rather than naming a format
+_SNIFFED_TYPES = {"", "application/octet-stream"}
+
+
+class ServeArgs(BaseModel):
+    """Arguments of the application builder (`serve run defakenet.serve:build_app key=value`, RayService args)."""
+
+    model: str = Field(DEFAULT_MODEL_URI, description="what to serve: models:/NAME@ALIAS (followed), "
+                                                      "models:/NAME/VERSION, runs:/…, or a model directory")
+    tracking_uri: str = Field("", description="MLflow tracking URI; empty: $MLFLOW_TRACKING_URI in the replica")
+    max_batch_size: int = Field(16, ge=1, description="images per forward pass at most")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="how long a batch waits to fill")
+    max_ongoing_requests: int = Field(0, ge=0, description="per replica; 0: 2 × max_batch_size, so one batch "
+                                                           "fills while the previous one runs")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="larger request bodies get 413")
+    max_pixels: int = Field(25_000_000, ge=1, description="decoded pixels per image at most: a 5k×5k photo fits, "
+                                                          "a decompression bomb does not (→ 413)")
+    auth_token_env: str = Field("DEFAKENET_SERVE_TOKEN", description="environment variable holding the bearer "
+                                                                     "token; auth is on when it is set")
+    poll_interval_s: float = Field(30.0, ge=0, description="how often replicas check the alias; 0: never")
+    use_gpu: bool = Field(False, description="run replicas on GPUs (channels_last, bf16 autocast)")
+    num_gpus: float = Field(1.0, gt=0, le=1, description="GPU share per replica when use_gpu (fractional ok)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica")
+    min_replicas: int = Field(1, ge=0, description="autoscaling lower bound")
+    max_replicas: int = Field(1, ge=1, description="autoscaling upper bound; equal to min: a fixed count")
+    target_ongoing_requests: float = Field(8.0, gt=0, description="autoscaling target per replica")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServeArgs":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
+        if self.max_ongoing_requests and self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(f"max_ongoing_requests {self.max_ongoing_requests} is below max_batch_size "
+                             f"{self.max_batch_size}: batches could never fill")
+        return self
+
+    @property
+    def ongoing(self) -> int:
+        return self.max_ongoing_requests or 2 * self.max_batch_size
+
+
+class HTTPError(Exception):
+    """A request the endpoint refuses: status code and a message for the client."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One loaded model version; replaced whole, never changed in place."""
+
+    model: Any
+    preprocess: Any
+    threshold: float
+    name: str
+    version: int | None
+    alias: str | None
+    meta: dict
+    device: Any
+
+
+# ---- the model: where it comes from, loading it
+
+
+def parse_uri(uri: str) -> tuple[str, int | None, str | None]:
+    """(name, version, alias) of a model URI; a non-registry URI is its own name."""
+    if uri.startswith("models:/") and not uri.startswith("models:/m-"):
+        rest = uri[len("models:/"):]
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            return name, None, alias
+        name, _, version = rest.partition("/")
+        return name, int(version) if version.isdigit() else None, None
+    return uri.rstrip("/").rsplit("/", 1)[-1], None, None
+
+
+def load(args: ServeArgs, version: int | None = None) -> Loaded:
+    """Download (registry URIs) and build the model; `version` pins an alias URI to the version it resolved to."""
+    import torch
+
+    from defakenet import tracking
+    from defakenet.artifact import load_model
+
+    name, pinned, alias = parse_uri(args.model)
+    uri = args.model
+    if alias is not None:
+        if version is None:
+            version = tracking.get_version_by_alias(name, alias, tracking_uri=args.tracking_uri or None)
+            if version is None:
+                raise DataError(f"registered model {name!r} has no alias {alias!r}")
+        uri = f"models:/{name}/{version}"  # what the alias pointed at when we looked: never a newer one
+    else:
+        version = pinned
+    dst = tempfile.mkdtemp(prefix="defakenet-serve-")
+    saved = load_model(tracking.resolve_model(uri, dst, tracking_uri=args.tracking_uri or None))
+    device = torch.device("cuda" if args.use_gpu and torch.cuda.is_available() else "cpu")
+    model = saved.model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return Loaded(model, saved.preprocess(), saved.threshold, name, version, alias, saved.meta, device)
+
+
+def predict_batch(m: Loaded, images: list[np.ndarray]) -> np.ndarray:
+    """p(fake) for RGB uint8 images with `m`'s own preprocessing: what `evaluate` computes for the same files."""
+    import torch
+
+    x = torch.from_numpy(np.stack([m.preprocess(img) for img in images])).to(m.device)
+    if m.device.type == "cuda":
+        x = x.to(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(m.device.type, dtype=torch.bfloat16,
+                                                enabled=m.device.type == "cuda"):
+        return torch.sigmoid(m.model(x).float()).cpu().numpy().astype(np.float64)
+
+
+# ---- reading requests
+
+
+def sniff_format(data: bytes) -> str | None:
+    """JPEG, PNG or WEBP from the magic bytes; None for anything else."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def decode_upload(data: bytes, name: str, content_type: str, max_pixels: int) -> np.ndarray:
+    """Bytes of one uploaded image → RGB uint8; HTTPError 400 / 413 / 415 with a message naming `name`."""
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype not in ACCEPTED_TYPES and ctype not in _SNIFFED_TYPES:
+        raise HTTPError(415, f"{name}: unsupported content type {ctype!r}; send image/jpeg, image/png or image/webp")
+    if not data:
+        raise HTTPError(400, f"{name}: empty body; send one JPEG, PNG or WebP image")
+    if sniff_format(data) is None:
+        raise HTTPError(415, f"{name}: {_what_is(data)}; send JPEG, PNG or WebP")
+    try:
+        return decode_rgb(data, name=name, max_pixels=max_pixels)
+    except DataError as e:
+        msg = str(e)
+        status = 413 if ("over the limit" in msg or "too large" in msg) else 400
+        raise HTTPError(status, msg) from None
+
+
+def _what_is(data: bytes) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return f"unsupported image format {img.format}"
+    except Exception:  # noqa: BLE001 - anything Pillow cannot open is "not an image"
+        return "not an image"
+
+
+def split_multipart(body: bytes, content_type: str) -> list[tuple[str, str, bytes]]:
+    """(filename, content type, bytes) of each file part of a multipart/form-data body."""
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    if not msg.is_multipart():
+        raise HTTPError(400, "malformed multipart body: no parts found")
+    files = []
+    for i, part in enumerate(msg.iter_parts()):
+        name = part.get_filename() or part.get_param("name", header="content-disposition") or f"part {i}"
+        files.append((str(name), part.get_content_type(), part.get_payload(decode=True) or b""))
+    if not files:
+        raise HTTPError(400, "multipart body holds no files")
+    return files
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPError(413, f"body of {int(declared):,} bytes is over the limit of {limit:,} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"body is over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# ---- the deployment
+
+app = FastAPI(title="defakenet", description="Real-vs-fake face classifier (DeFakeNet) served from the MLflow "
+                                             "registry. POST an image to /v1/predict.")
+
+
+@serve.deployment
+@serve.ingress(app)
+class Detector:
+    """One replica: the current model, a batched forward, and a thread that follows the alias."""
+
+    def __init__(self, args: ServeArgs):
+        from PIL import Image
+        from ray.serve.metrics import Counter, Histogram
+
+        # this process is ours: a decompression-bomb warning is an error here
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        self.args = args
+        self.token = os.environ.get(args.auth_token_env, "") if args.auth_token_env else ""
+        self.current: Loaded = load(args)
+        self.batch_sizes: dict[int, int] = {}
+        self.predict.set_max_batch_size(args.max_batch_size)
+        self.predict.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+        self.requests = Counter("defakenet_requests", "requests (per image when served) by outcome and label",
+                                tag_keys=("outcome", "label"))
+        self.latency = Histogram("defakenet_request_latency_ms", "request latency in milliseconds",
+                                 boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000])
+        self.batch_hist = Histogram("defakenet_batch_size", "images per forward pass",
+                                    boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
+        self.stop = threading.Event()
+        if self.current.alias is not None and args.poll_interval_s > 0:
+            threading.Thread(target=self._follow, name="defakenet-follow", daemon=True).start()
+
+    def _follow(self) -> None:
+        from defakenet import tracking
+
+        while not self.stop.wait(self.args.poll_interval_s):
+            cur = self.current
+            try:
+                v = tracking.get_version_by_alias(cur.name, cur.alias, tracking_uri=self.args.tracking_uri or None)
+                if v is None or v == cur.version:
+                    continue
+                new = load(self.args, v)
+                self.current = new  # one reference assignment: batches already running keep their snapshot
+                logger.info(json.dumps({"event": "model_switch", "model": cur.name, "from_version": cur.version,
+                                        "to_version": v, "alias": cur.alias}))
+            except Exception as e:  # noqa: BLE001 - a registry hiccup must not stop following or serving
+                logger.warning(json.dumps({"event": "follow_failed", "model": cur.name, "error": str(e)}))
+
+    def __del__(self):
+        self.stop.set()
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def predict(self, images: list[np.ndarray]) -> list[tuple[float, Loaded]]:
+        m = self.current
+        n = len(images)
+        self.batch_sizes[n] = self.batch_sizes.get(n, 0) + 1
+        self.batch_hist.observe(n)
+        scores = await asyncio.to_thread(predict_batch, m, images)
+        return [(float(s), m) for s in scores]
+
+    def _result(self, p: float, m: Loaded) -> dict:
+        return {"label": "fake" if p >= m.threshold else "real", "p_fake": p, "threshold": m.threshold,
+                "model": {"name": m.name, "version": m.version}}
+
+    def _check_auth(self, request: Request) -> None:
+        if self.token and request.headers.get("authorization", "") != f"Bearer {self.token}":
+            raise HTTPError(401, "missing or wrong bearer token (Authorization: Bearer …)")
+
+    @app.post("/v1/predict")
+    async def predict_http(self, request: Request):
+        start = time.perf_counter()
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        status, results, version, message = 200, [], None, ""
+        try:
+            self._check_auth(request)
+            body = await read_body(request, self.args.max_body_bytes)
+            ctype = request.headers.get("content-type", "")
+            multi = ctype.lower().startswith("multipart/")
+            uploads = split_multipart(body, ctype) if multi else [("body", ctype, body)]
+            images = [await asyncio.to_thread(decode_upload, data, name, ct, self.args.max_pixels)
+                      for name, ct, data in uploads]
+            answers = await asyncio.gather(*(self.predict(img) for img in images))
+            results = [self._result(p, m) for p, m in answers]
+            version = answers[0][1].version
+            for r in results:
+                self.requests.inc(tags={"outcome": "ok", "label": r["label"]})
+            payload: Any = results if multi else results[0]
+            return JSONResponse(payload, headers={"x-request-id": rid})
+        except HTTPError as e:
+            status, message = e.status, e.message
+            self.requests.inc(tags={"outcome": str(e.status), "label": ""})
+            return JSONResponse({"error": e.message}, status_code=e.status, headers={"x-request-id": rid})
+        finally:
+            ms = (time.perf_counter() - start) * 1000
+            self.latency.observe(ms)
+            line = {"event": "predict", "request_id": rid, "status": status, "images": len(results),
+                    "model_version": version if version is not None else self.current.version,
+                    "latency_ms": round(ms, 2)}
+            if message:
+                line["error"] = message
+            logger.info(json.dumps(line))
+
+    @app.get("/healthz")
+    async def healthz(self):
+        m = getattr(self, "current", None)
+        if m is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return {"status": "ok", "model": {"name": m.name, "version": m.version}}
+
+    @app.get("/v1/model")
+    async def model_info(self, request: Request):
+        try:
+            self._check_auth(request)
+        except HTTPError as e:
+            return JSONResponse({"error": e.message}, status_code=e.status)
+        m = self.current
+        pre = m.meta.get("preprocessing", {})
+        return {"name": m.name, "version": m.version, "alias": m.alias, "uri": self.args.model,
+                "input_size": pre.get("image_size"), "preprocessing": pre, "threshold": m.threshold,
+                "test_metrics": m.meta.get("test_metrics", {}),
+                "batching": {"max_batch_size": self.args.max_batch_size,
+                             "batch_wait_timeout_s": self.args.batch_wait_timeout_s,
+                             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}}
+
+
+def make_app(args: ServeArgs, env_vars: dict[str, str] | None = None) -> Application:
+    """The Serve application for `args`; `env_vars` go into the replicas' environment (e.g. the auth token)."""
+    actor: dict[str, Any] = {"num_cpus": args.num_cpus}
+    if args.use_gpu:
+        actor["num_gpus"] = args.num_gpus
+    if env_vars:
+        actor["runtime_env"] = {"env_vars": dict(env_vars)}
+    opts: dict[str, Any] = {"ray_actor_options": actor, "max_ongoing_requests": args.ongoing}
+    if args.min_replicas == args.max_replicas:
+        opts["num_replicas"] = args.max_replicas
+    else:
+        opts["autoscaling_config"] = {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
+                                      "target_ongoing_requests": args.target_ongoing_requests}
+    return Detector.options(**opts).bind(args)
+
+
+def build_app(args: ServeArgs) -> Application:
+    """Typed application builder: `serve run defakenet.serve:build_app model=models:/defakenet@champion`."""
+    return make_app(args)
+
+
+def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, blocking: bool = True) -> str:
+    """Start Serve on `host:port` in the current (or a new local) Ray instance and deploy the app; the URL.
+
+    The auth token variable, when set here, is passed on to the replicas.
+    """
+    import ray
+
+    from defakenet import tracking
+
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", **tracking.telemetry_off()}
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env}, include_dashboard=True,
+                 dashboard_host="127.0.0.1", log_to_driver=True)
+    extra = {}
+    if args.auth_token_env and os.environ.get(args.auth_token_env):
+        extra[args.auth_token_env] = os.environ[args.auth_token_env]
+    if args.tracking_uri:
+        extra["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    serve.start(http_options={"host": host, "port": port})
+    url = f"http://{host}:{port}"
+    print(f"defakenet: serving {args.model} at {url}/v1/predict (docs {url}/docs); Ctrl-C stops", flush=True)
+    serve.run(make_app(args, {**env, **extra}), name="defakenet", route_prefix="/", blocking=blocking)
+    return url

@@ -1,0 +1,262 @@
+"""defakenet.serve over real HTTP on 127.0.0.1: the session's Ray instance runs Serve, the session's `mlflow server`
+holds two registered versions of a small random-init DeFakeNet (32 px input), and the app serves
+`models:/NAME@champion`.
+
+Scores over HTTP equal the offline scores `evaluate` computes for the same bytes; bad input gets a 4xx with a
+message and the replica keeps serving; a burst forms batches; moving champion under load drops nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from mlflow_server import free_port
+from PIL import Image
+
+from defakenet import registry
+from defakenet.config import Config
+from defakenet.data.image import decode_rgb
+
+SIZE = 32
+MAX_PIXELS = 1_000_000
+MAX_BODY = 1024 * 1024
+
+
+def _image(seed: int, size: int = 64, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8), "RGB")
+    return img if mode == "RGB" else img.convert(mode)
+
+
+def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _save_model(out, seed: int, threshold: float):
+    import torch
+
+    from defakenet.artifact import save_model
+    from defakenet.model import DeFakeNet
+
+    cfg = Config().replace(**{"data.image_size": SIZE})
+    torch.manual_seed(seed)
+    model = DeFakeNet(dropout=cfg.model.dropout, freeze_depth=cfg.model.freeze_depth)
+    with torch.no_grad():  # random BN statistics: the two versions answer differently, scores not saturated
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+    return save_model(out, model, cfg, {"threshold": threshold, "test_metrics": {"roc_auc": 0.5 + seed / 100}})
+
+
+def _offline(model_dir, blobs: list[bytes]) -> np.ndarray:
+    """evaluate's scoring: decode_rgb, the model's eval preprocessing, evaluate._Scorer's forward."""
+    from defakenet.artifact import load_model
+    from defakenet.evaluate import _Scorer
+
+    pre = load_model(model_dir).preprocess()
+    images = np.stack([pre(decode_rgb(b)) for b in blobs])
+    return _Scorer(str(model_dir), use_gpu=False)({"image": images, "label": np.zeros(len(blobs))})["score"]
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, mlflow_server, tmp_path_factory):
+    from ray import serve
+
+    from defakenet import tracking
+    from defakenet.serve import ServeArgs, make_app
+
+    name = f"serve-test-{uuid.uuid4().hex[:8]}"
+    dirs = {}
+    for version, (seed, threshold) in enumerate([(1, 0.5), (2, 0.4)], start=1):
+        d = _save_model(tmp_path_factory.mktemp(f"v{version}"), seed, threshold)
+        with tracking.Tracker(mlflow_server).start("serve-test"):
+            info = tracking.log_model(d, registered_model_name=name)
+        assert info["version"] == version
+        dirs[version] = d
+    registry.promote(name, 1, tracking_uri=mlflow_server)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = ServeArgs(model=f"models:/{name}@champion", tracking_uri=mlflow_server, max_batch_size=8,
+                     batch_wait_timeout_s=0.05, max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, poll_interval_s=0.5,
+                     auth_token_env="")
+    serve.run(make_app(args), name="defakenet", route_prefix="/")
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "name": name, "dirs": dirs, "uri": mlflow_server}
+    finally:
+        serve.shutdown()
+
+
+def _post(url: str, data: bytes, ctype: str | None = "image/png", **kw) -> requests.Response:
+    headers = {"Content-Type": ctype} if ctype else {}
+    return requests.post(f"{url}/v1/predict", data=data, headers={**headers, **kw.pop("headers", {})}, timeout=60, **kw)
+
+
+def test_health_and_model_info(served):
+    r = requests.get(f"{served['url']}/healthz", timeout=30)
+    assert r.status_code == 200 and r.json()["model"] == {"name": served["name"], "version": 1}
+    info = requests.get(f"{served['url']}/v1/model", timeout=30).json()
+    assert info["name"] == served["name"] and info["version"] == 1 and info["alias"] == "champion"
+    assert info["input_size"] == SIZE and info["preprocessing"]["mode"] == "tf"
+    assert info["test_metrics"] == {"roc_auc": 0.51} and info["threshold"] == 0.5
+    assert requests.get(f"{served['url']}/docs", timeout=30).status_code == 200
+
+
+def test_scores_equal_offline_scores(served):
+    blobs = [(_bytes(_image(10), "JPEG", quality=90), "image/jpeg"), (_bytes(_image(11), "PNG"), "image/png"),
+             (_bytes(_image(12), "WEBP", quality=80), "image/webp"), (_bytes(_image(13), "PNG"), None)]
+    want = _offline(served["dirs"][1], [b for b, _ in blobs])
+    assert len(set(np.round(want, 6))) == len(blobs)  # the model tells the images apart
+    for (blob, ctype), p in zip(blobs, want):
+        r = _post(served["url"], blob, ctype)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert abs(body["p_fake"] - p) < 1e-5
+        assert body["label"] == ("fake" if p >= 0.5 else "real") and body["threshold"] == 0.5
+        assert body["model"] == {"name": served["name"], "version": 1}
+        assert r.headers["x-request-id"]
+
+
+def test_multipart_batch(served):
+    blobs = [_bytes(_image(20 + i), "PNG") for i in range(3)]
+    files = [("files", (f"img{i}.png", b, "image/png")) for i, b in enumerate(blobs)]
+    r = requests.post(f"{served['url']}/v1/predict", files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert isinstance(got, list) and len(got) == 3
+    np.testing.assert_allclose([g["p_fake"] for g in got], _offline(served["dirs"][1], blobs), atol=1e-5)
+    # one bad file fails the request with its name in the message
+    files.append(("files", ("notes.txt", b"hello", "text/plain")))
+    r = requests.post(f"{served['url']}/v1/predict", files=files, timeout=60)
+    assert r.status_code == 415 and "notes.txt" in r.json()["error"]
+
+
+def _cmyk_jpeg() -> bytes:
+    return _bytes(_image(30, mode="CMYK"), "JPEG")
+
+
+def _exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise
+    return _bytes(_image(31), "JPEG", exif=exif)
+
+
+def test_odd_but_valid_images_are_scored(served):
+    blobs = [_cmyk_jpeg(), _bytes(_image(32, mode="RGBA"), "PNG"), _bytes(_image(33, mode="L"), "PNG"),
+             _bytes(_image(34, mode="P"), "PNG"), _exif_rotated()]
+    want = _offline(served["dirs"][1], blobs)
+    for blob, p in zip(blobs, want):
+        r = _post(served["url"], blob, "application/octet-stream")
+        assert r.status_code == 200, r.text
+        assert abs(r.json()["p_fake"] - p) < 1e-5
+
+
+def test_bad_input_gets_4xx_and_the_server_keeps_serving(served):
+    good = _bytes(_image(40), "PNG")
+    jpeg = _bytes(_image(41, size=256), "JPEG")
+    bomb = _bytes(Image.new("RGB", (2000, 1000)), "PNG")  # 2 MP of zeros: a few KB on the wire
+    cases = [
+        (b"", "image/png", 400, "empty body"),
+        (b"hello, not an image", "application/octet-stream", 415, "not an image"),
+        (jpeg[: len(jpeg) // 2], "image/jpeg", 400, "truncated"),
+        (_bytes(_image(42), "BMP"), "application/octet-stream", 415, "unsupported image format BMP"),
+        (_bytes(_image(43), "GIF"), "image/png", 415, "unsupported image format GIF"),
+        (good, "text/plain", 415, "unsupported content type 'text/plain'"),
+        (bomb, "image/png", 413, "over the limit of 1,000,000 pixels"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * (MAX_BODY + 1), "image/png", 413, "over the limit of 1,048,576 bytes"),
+        (b"--x\r\n\r\nnothing", "multipart/form-data; boundary=zz", 400, "multipart"),
+    ]
+    for body, ctype, status, message in cases:
+        r = _post(served["url"], body, ctype)
+        assert r.status_code == status, (message, r.status_code, r.text)
+        assert message in r.json()["error"], (message, r.text)
+        ok = _post(served["url"], good)
+        assert ok.status_code == 200, (message, ok.text)
+
+
+def test_bearer_token_auth(served):
+    from ray import serve
+
+    from defakenet.serve import ServeArgs, make_app
+
+    args = ServeArgs(model=f"models:/{served['name']}/1", tracking_uri=served["uri"], poll_interval_s=0,
+                     auth_token_env="DEFAKENET_TEST_TOKEN")
+    serve.run(make_app(args, {"DEFAKENET_TEST_TOKEN": "s3cret"}), name="auth", route_prefix="/auth")
+    try:
+        url = f"{served['url']}/auth"
+        good = _bytes(_image(50), "PNG")
+        r = _post(url, good)
+        assert r.status_code == 401 and "bearer token" in r.json()["error"]
+        assert _post(url, good, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        r = _post(url, good, headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200 and r.json()["model"]["version"] == 1
+        assert requests.get(f"{url}/healthz", timeout=30).status_code == 200  # probes need no token
+    finally:
+        serve.delete("auth")
+
+
+@pytest.mark.slow
+def test_burst_forms_batches_without_errors(served):
+    blobs = [_bytes(_image(60 + i), "PNG") for i in range(8)]
+
+    def one(i: int) -> int:
+        return _post(served["url"], blobs[i % len(blobs)]).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(one, range(200)))
+    assert codes == [200] * 200
+    sizes = requests.get(f"{served['url']}/v1/model", timeout=30).json()["batching"]["batch_sizes"]
+    assert max(int(k) for k in sizes) > 1, sizes
+
+
+@pytest.mark.slow
+def test_champion_switch_under_load(served):
+    blob = _bytes(_image(70), "PNG")
+    want = dict(zip((1, 2), (float(_offline(served["dirs"][v], [blob])[0]) for v in (1, 2))))
+    seen: list[tuple[float, int | None, float]] = []  # (time, version, p_fake); version None = failed
+    stop = threading.Event()
+
+    def client():
+        s = requests.Session()
+        while not stop.is_set():
+            try:
+                r = s.post(f"{served['url']}/v1/predict", data=blob, headers={"Content-Type": "image/png"},
+                           timeout=60)
+                ok = r.status_code == 200
+                seen.append((time.monotonic(), r.json()["model"]["version"] if ok else None,
+                             r.json()["p_fake"] if ok else -1.0))
+            except requests.RequestException:
+                seen.append((time.monotonic(), None, -1.0))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        registry.promote(served["name"], 2, tracking_uri=served["uri"])
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not any(v == 2 for _, v, _ in seen[-20:]):
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    versions = [v for _, v, _ in seen]
+    assert None not in versions, f"{versions.count(None)} of {len(seen)} requests failed"
+    assert versions[0] == 1 and versions[-1] == 2, versions
+    # once v2 answers, v1 never answers again, and each answer is its version's own score
+    first2 = versions.index(2)
+    assert set(versions[first2 + 8:]) == {2}  # in-flight requests of the last v1 batch may land just after
+    for _, v, p in seen:
+        assert abs(p - want[v]) < 1e-5
+    info = requests.get(f"{served['url']}/v1/model", timeout=30).json()
+    assert info["version"] == 2 and info["threshold"] == 0.4
