@@ -184,6 +184,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.home))
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from defakenet import tracking
+    from defakenet.serve import ServeArgs, run_server
+
+    tracking_uri = args.tracking_uri or ""
+    if args.model.startswith(("models:/", "runs:/")):
+        tracking_uri = tracking.resolve_tracking_uri(tracking_uri, args.home or tracking.DEFAULT_HOME)
+    if args.replicas < 1:
+        raise UserError(f"--replicas {args.replicas}: expected 1 or more")
+    serve_args = ServeArgs(model=args.model, tracking_uri=tracking_uri, use_gpu=args.gpu,
+                           min_replicas=args.replicas, max_replicas=args.replicas)
+    run_server(serve_args, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from defakenet.client import predict_files
+
+    return predict_files(args.images, args.url, token=args.token)
+
+
 def _registry_uri(args: argparse.Namespace) -> str:
     """Where `defakenet train` registers: --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite under --home."""
     from defakenet import tracking
@@ -325,6 +346,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole job on a synthetic dataset: synth → inspect → train → evaluate")
     p.add_argument("--home", default=".defakenet/demo", help="demo folder (default .defakenet/demo)")
     p.set_defaults(func=cmd_demo)
+
+    from defakenet.client import DEFAULT_URL, TOKEN_ENV
+
+    p = sub.add_parser("serve", help="serve a registered model over HTTP with Ray Serve (follows the champion alias)")
+    p.add_argument("--model", default="models:/defakenet@champion", metavar="URI",
+                   help="models:/NAME@ALIAS (followed), models:/NAME/VERSION or a model directory "
+                        "(default models:/defakenet@champion)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--replicas", type=int, default=1, help="model replicas (default 1)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per replica")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, "
+                                                         "else the SQLite store under --home)")
+    p.add_argument("--home", default="", metavar="DIR", help="data folder of the default SQLite store")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("predict", help="send images to a running endpoint; one line per image")
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files (JPEG, PNG, WebP)")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"endpoint (default {DEFAULT_URL})")
+    p.add_argument("--token", help=f"bearer token (default ${TOKEN_ENV})")
+    p.set_defaults(func=cmd_predict)
 
     from defakenet.registry import DEFAULT_MODEL_NAME
 

@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field, model_validator
 from ray import serve
 from ray.serve import Application
 
+from defakenet.client import TOKEN_ENV
 from defakenet.data.image import decode_rgb
 from defakenet.errors import DataError
 
@@ -58,7 +59,7 @@ class ServeArgs(BaseModel):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="larger request bodies get 413")
     max_pixels: int = Field(25_000_000, ge=1, description="decoded pixels per image at most: a 5k×5k photo fits, "
                                                           "a decompression bomb does not (→ 413)")
-    auth_token_env: str = Field("DEFAKENET_SERVE_TOKEN", description="environment variable holding the bearer "
+    auth_token_env: str = Field(TOKEN_ENV, description="environment variable holding the bearer "
                                                                      "token; auth is on when it is set")
     poll_interval_s: float = Field(30.0, ge=0, description="how often replicas check the alias; 0: never")
     use_gpu: bool = Field(False, description="run replicas on GPUs (channels_last, bf16 autocast)")
@@ -397,5 +398,9 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}"
     print(f"defakenet: serving {args.model} at {url}/v1/predict (docs {url}/docs); Ctrl-C stops", flush=True)
-    serve.run(make_app(args, {**env, **extra}), name="defakenet", route_prefix="/", blocking=blocking)
+    try:
+        serve.run(make_app(args, {**env, **extra}), name="defakenet", route_prefix="/", blocking=blocking)
+    except KeyboardInterrupt:
+        serve.shutdown()
+        print("defakenet: endpoint stopped", flush=True)
     return url

@@ -21,6 +21,7 @@ from mlflow_server import free_port
 from PIL import Image
 
 from defakenet import registry
+from defakenet.cli import build_parser, main
 from defakenet.config import Config
 from defakenet.data.image import decode_rgb
 
@@ -201,6 +202,58 @@ def test_bearer_token_auth(served):
         assert requests.get(f"{url}/healthz", timeout=30).status_code == 200  # probes need no token
     finally:
         serve.delete("auth")
+
+
+def test_predict_cli_prints_one_line_per_image(served, tmp_path, capsys):
+    paths = []
+    for i, fmt in enumerate(["png", "jpeg", "webp"]):
+        paths.append(tmp_path / f"face{i}.{fmt}")
+        paths[-1].write_bytes(_bytes(_image(80 + i), fmt.upper()))
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"not an image")
+    want = _offline(served["dirs"][1], [p.read_bytes() for p in paths])
+    capsys.readouterr()
+    code = main(["predict", *map(str, paths), str(bad), "--url", served["url"]])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 1 and len(lines) == 4  # one refused image: exit 1, the others still printed
+    for line, path, p in zip(lines, paths, want):
+        assert line.startswith(f"{path}  {'fake' if p >= 0.5 else 'real'}  p_fake={p:.4f}  threshold=0.5000")
+        assert line.endswith(f"{served['name']} v1")
+    assert lines[3] == f"{bad}  error 415: body: not an image; send JPEG, PNG or WebP"
+    assert main(["predict", str(paths[0]), "--url", served["url"]]) == 0
+
+
+def test_predict_cli_without_endpoint_is_one_line_error(tmp_path, capsys):
+    img = tmp_path / "face.png"
+    img.write_bytes(_bytes(_image(90), "PNG"))
+    url = f"http://127.0.0.1:{free_port()}"
+    code = main(["predict", str(img), "--url", url])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"defakenet: error: no defakenet endpoint answers at {url}")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_serve_cli_options():
+    args = build_parser().parse_args(["serve", "--model", "models:/m@champion", "--host", "127.0.0.1", "--port",
+                                      "8123", "--replicas", "2", "--gpu", "--tracking-uri", "http://127.0.0.1:5000"])
+    assert (args.model, args.host, args.port, args.replicas, args.gpu, args.tracking_uri) == (
+        "models:/m@champion", "127.0.0.1", 8123, 2, True, "http://127.0.0.1:5000")
+    assert build_parser().parse_args(["serve"]).model == "models:/defakenet@champion"
+    assert main(["serve", "--replicas", "0", "--model", "/nonexistent"]) == 2
+
+
+def test_serve_args_are_checked():
+    from pydantic import ValidationError
+
+    from defakenet.serve import ServeArgs, parse_uri
+
+    assert ServeArgs().ongoing == 32 and ServeArgs().model == "models:/defakenet@champion"
+    with pytest.raises(ValidationError, match="below max_batch_size"):
+        ServeArgs(max_batch_size=16, max_ongoing_requests=8)
+    with pytest.raises(ValidationError, match="below min_replicas"):
+        ServeArgs(min_replicas=3, max_replicas=2)
+    assert parse_uri("models:/defakenet@champion") == ("defakenet", None, "champion")
+    assert parse_uri("models:/defakenet/7") == ("defakenet", 7, None)
 
 
 @pytest.mark.slow

@@ -1,0 +1,69 @@
+"""A small HTTP client for the serving endpoint: `defakenet predict IMG… --url URL` prints one line per image.
+
+Standard library only (urllib), so it runs wherever defakenet is installed, without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from defakenet.errors import UserError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+# the environment variable holding the bearer token, on the server (ServeArgs.auth_token_env) and here
+TOKEN_ENV = "DEFAKENET_SERVE_TOKEN"
+_CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+
+
+def predict_file(path: str | Path, url: str = DEFAULT_URL, *, token: str | None = None,
+                 timeout: float = 60.0) -> dict:
+    """POST one image file to `url`/v1/predict; the JSON answer, or {"error", "status"} for a refused image.
+
+    UserError when the file cannot be read or nothing answers at `url`.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"{p}: cannot read ({e.strerror or e})") from None
+    headers = {"Content-Type": _CONTENT_TYPES.get(p.suffix.lower(), "application/octet-stream")}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(f"{url.rstrip('/')}/v1/predict", data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        try:
+            message = json.loads(body).get("error") or body.decode(errors="replace")
+        except (ValueError, AttributeError):
+            message = body.decode(errors="replace")[:200]
+        return {"error": message, "status": e.code}
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(f"no defakenet endpoint answers at {url} ({reason}); start one with `defakenet serve`") from None
+
+
+def format_line(path: str | Path, result: dict) -> str:
+    """One line per image: `PATH  fake  p_fake=0.9312  threshold=0.5000  defakenet v3`, or the error."""
+    if "error" in result:
+        return f"{path}  error {result.get('status', '')}: {result['error']}"
+    m = result.get("model", {})
+    return (f"{path}  {result['label']}  p_fake={result['p_fake']:.4f}  threshold={result['threshold']:.4f}  "
+            f"{m.get('name')} v{m.get('version')}")
+
+
+def predict_files(paths: list[str], url: str = DEFAULT_URL, *, token: str | None = None) -> int:
+    """Print one line per image; 0 when every image was scored, 1 when any was refused."""
+    token = token if token is not None else os.environ.get(TOKEN_ENV)
+    failed = 0
+    for path in paths:
+        result = predict_file(path, url, token=token)
+        failed += "error" in result
+        print(format_line(path, result), flush=True)
+    return 1 if failed else 0
