@@ -54,8 +54,8 @@ def format_line(path: str | Path, result: dict) -> str:
     if "error" in result:
         return f"{path}  error {result.get('status', '')}: {result['error']}"
     m = result.get("model", {})
-    return (f"{path}  {result['label']}  p_fake={result['p_fake']:.4f}  threshold={result['threshold']:.4f}  "
-            f"{m.get('name')} v{m.get('version')}")
+    model = m.get("name", "?") + (f" v{m['version']}" if m.get("version") is not None else "")
+    return f"{path}  {result['label']}  p_fake={result['p_fake']:.4f}  threshold={result['threshold']:.4f}  {model}"
 
 
 def predict_files(paths: list[str], url: str = DEFAULT_URL, *, token: str | None = None) -> int:

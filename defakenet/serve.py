@@ -181,12 +181,18 @@ def decode_upload(data: bytes, name: str, content_type: str, max_pixels: int) ->
         raise HTTPError(400, f"{name}: empty body; send one JPEG, PNG or WebP image")
     if sniff_format(data) is None:
         raise HTTPError(415, f"{name}: {_what_is(data)}; send JPEG, PNG or WebP")
+    from PIL import Image
+
     try:
         return decode_rgb(data, name=name, max_pixels=max_pixels)
     except DataError as e:
         msg = str(e)
         status = 413 if ("over the limit" in msg or "too large" in msg) else 400
         raise HTTPError(status, msg) from None
+    except Image.DecompressionBombWarning as e:  # raised: the replica turns the warning into an error
+        raise HTTPError(413, f"{name}: image too large ({e})") from None
+    except Exception as e:  # noqa: BLE001 - whatever else the decoder trips on is the input's fault, not a 500
+        raise HTTPError(400, f"{name}: unreadable image ({type(e).__name__}: {e})") from None
 
 
 def _what_is(data: bytes) -> str:
@@ -201,12 +207,16 @@ def _what_is(data: bytes) -> str:
 
 def split_multipart(body: bytes, content_type: str) -> list[tuple[str, str, bytes]]:
     """(filename, content type, bytes) of each file part of a multipart/form-data body."""
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
-    if not msg.is_multipart():
+    try:
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body)
+        parts = list(msg.iter_parts()) if msg.is_multipart() else []
+    except Exception as e:  # noqa: BLE001 - a malformed body is a bad request
+        raise HTTPError(400, f"malformed multipart body ({e})") from None
+    if not parts:
         raise HTTPError(400, "malformed multipart body: no parts found")
     files = []
-    for i, part in enumerate(msg.iter_parts()):
+    for i, part in enumerate(parts):
         name = part.get_filename() or part.get_param("name", header="content-disposition") or f"part {i}"
         files.append((str(name), part.get_content_type(), part.get_payload(decode=True) or b""))
     if not files:

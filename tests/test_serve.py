@@ -183,6 +183,21 @@ def test_bad_input_gets_4xx_and_the_server_keeps_serving(served):
         assert ok.status_code == 200, (message, ok.text)
 
 
+def test_pillow_bomb_warning_is_a_413(monkeypatch):
+    """Past Pillow's own cap (here lowered) the replica's warnings-as-errors filter turns the warning into a 413."""
+    import warnings
+
+    from defakenet.serve import HTTPError, decode_upload
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    blob = _bytes(Image.new("RGB", (40, 40)), "PNG")  # 1600 pixels: a warning, not yet Pillow's error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(HTTPError) as e:
+            decode_upload(blob, "body", "image/png", max_pixels=10**9)
+    assert e.value.status == 413 and "too large" in e.value.message
+
+
 def test_bearer_token_auth(served):
     from ray import serve
 
