@@ -283,6 +283,35 @@ def test_burst_forms_batches_without_errors(served):
     assert codes == [200] * 200
     sizes = requests.get(f"{served['url']}/v1/model", timeout=30).json()["batching"]["batch_sizes"]
     assert max(int(k) for k in sizes) > 1, sizes
+    # the same from the Serve metrics Ray exports (Prometheus text on the node's metrics port, pushed every few s)
+    port = ray_metrics_port()
+    deadline, seen = time.monotonic() + 45, {}
+    while time.monotonic() < deadline:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        seen = {"batches": _total(text, "ray_defakenet_batch_size_count"),
+                "batches_of_one": _total(text, "ray_defakenet_batch_size_bucket", 'le="1.0"'),
+                "ok": _total(text, "ray_defakenet_requests_total", 'outcome="ok"')}
+        if seen["batches"] > seen["batches_of_one"] and seen["ok"] >= 200:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"exported metrics show no batch of more than one image or fewer than 200 ok answers: {seen}")
+
+
+def ray_metrics_port() -> int:
+    import ray
+
+    return next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+
+
+def _total(text: str, metric: str, label: str = "") -> float:
+    """Sum of a metric's samples (over replicas and tags) in Prometheus text whose labels contain `label`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith((metric + "{", metric + " ")):
+            labels, _, value = line.rpartition(" ")
+            total += float(value) if label in labels else 0.0
+    return total
 
 
 @pytest.mark.slow
