@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -138,7 +139,10 @@ def load(args: ServeArgs, version: int | None = None) -> Loaded:
     else:
         version = pinned
     dst = tempfile.mkdtemp(prefix="defakenet-serve-")
-    saved = load_model(tracking.resolve_model(uri, dst, tracking_uri=args.tracking_uri or None))
+    try:
+        saved = load_model(tracking.resolve_model(uri, dst, tracking_uri=args.tracking_uri or None))
+    finally:
+        shutil.rmtree(dst, ignore_errors=True)  # the weights are in memory now; each swap would leave ~100 MB
     device = torch.device("cuda" if args.use_gpu and torch.cuda.is_available() else "cpu")
     model = saved.model.to(device).eval()
     if device.type == "cuda":
