@@ -294,7 +294,9 @@ class Detector:
     def __del__(self):
         self.stop.set()
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    # ServeArgs' defaults here; each replica sets its own args' values in __init__
+    @serve.batch(max_batch_size=ServeArgs.model_fields["max_batch_size"].default,
+                 batch_wait_timeout_s=ServeArgs.model_fields["batch_wait_timeout_s"].default)
     async def predict(self, images: list[np.ndarray]) -> list[tuple[float, Loaded]]:
         m = self.current
         n = len(images)
