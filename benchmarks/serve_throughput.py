@@ -1,0 +1,181 @@
+"""Serving throughput: the Ray Serve endpoint under fixed concurrency vs the raw model's batched forward, and the
+same endpoint with batching off, measured in one run on one machine.
+
+Three numbers, same model (a random-init DeFakeNet saved as a model directory), same JPEG images:
+- raw: images/s of `serve.predict_batch` (preprocess + forward) in this process, batches of --batch-size;
+- served: requests/s (one image each) of POST /v1/predict from --concurrency client threads over loopback HTTP,
+  with p50/p99 latency, `@serve.batch` on (max batch --batch-size);
+- unbatched: the same endpoint redeployed with max_batch_size 1.
+Prints served/raw and batched/unbatched and writes JSON.
+
+    python benchmarks/serve_throughput.py                          # 64 px, concurrency 16, 400 requests
+    python benchmarks/serve_throughput.py --image-size 224 --requests 1000 --gpu
+
+Not a test: numbers depend on the machine. docs/benchmarks.md records what we measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import socket
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import numpy as np  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--requests", type=int, default=400, help="timed requests per endpoint setting")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--gpu", action="store_true")
+    p.add_argument("--output", default="benchmarks/results/serve_throughput.json")
+    return p.parse_args(argv)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _images(n: int, size: int) -> list[bytes]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def raw_images_per_s(model_dir: Path, images: list[bytes], batch: int, gpu: bool, seconds: float = 10.0) -> float:
+    """Decode once, then preprocess + forward in batches for about `seconds`: the ceiling for serving."""
+    from defakenet.data.image import decode_rgb
+    from defakenet.serve import ServeArgs, load, predict_batch
+
+    m = load(ServeArgs(model=str(model_dir), use_gpu=gpu, poll_interval_s=0))
+    rgb = [decode_rgb(b, name="bench") for b in images[:batch]]
+    predict_batch(m, rgb)  # warm-up
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        predict_batch(m, rgb)
+        n += len(rgb)
+    return n / (time.perf_counter() - start)
+
+
+def load_test(url: str, images: list[bytes], requests: int, concurrency: int) -> dict:
+    """`requests` POSTs from `concurrency` threads; requests/s, p50/p99 latency (ms), errors."""
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def worker():
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            req = urllib.request.Request(url, data=images[i % len(images)], headers={"Content-Type": "image/jpeg"})
+            t0 = time.perf_counter()
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    r.read()
+            except OSError:
+                with lock:
+                    errors[0] += 1
+                continue
+            with lock:
+                lat.append((time.perf_counter() - t0) * 1000)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "errors": errors[0], "requests": requests}
+
+
+def serve_and_measure(model_dir: Path, images: list[bytes], args, max_batch: int, port: int) -> dict:
+    from ray import serve
+
+    from defakenet.serve import ServeArgs, make_app
+
+    sargs = ServeArgs(model=str(model_dir), max_batch_size=max_batch, max_ongoing_requests=max(32, 2 * max_batch),
+                      poll_interval_s=0, use_gpu=args.gpu, num_cpus=1)
+    serve.run(make_app(sargs), name="bench", route_prefix="/")
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    load_test(url, images, min(64, args.requests), args.concurrency)  # warm-up
+    result = load_test(url, images, args.requests, args.concurrency)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=30) as r:
+        sizes = {int(k): v for k, v in json.load(r)["batching"]["batch_sizes"].items()}
+    result["mean_batch_size"] = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
+    serve.delete("bench")
+    return result
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import ray
+    import torch
+    from ray import serve
+
+    from defakenet.artifact import save_model
+    from defakenet.config import Config
+    from defakenet.model import DeFakeNet
+
+    images = _images(64, args.image_size)
+    with tempfile.TemporaryDirectory(prefix="defakenet-bench-") as tmp:
+        cfg = Config().replace(**{"data.image_size": args.image_size})
+        torch.manual_seed(0)
+        model_dir = save_model(Path(tmp) / "model", DeFakeNet(), cfg, {"threshold": 0.5})
+        raw = raw_images_per_s(model_dir, images, args.batch_size, args.gpu)
+        print(f"raw batched forward (batch {args.batch_size}): {raw:.1f} img/s", flush=True)
+
+        ray.init(include_dashboard=False, log_to_driver=False)
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        batched = serve_and_measure(model_dir, images, args, args.batch_size, port)
+        print(f"served, batching on (max {args.batch_size}): {batched['requests_per_s']:.1f} req/s  "
+              f"p50 {batched['p50_ms']:.0f} ms  p99 {batched['p99_ms']:.0f} ms  errors {batched['errors']}  "
+              f"mean batch {batched['mean_batch_size']:.1f}", flush=True)
+        single = serve_and_measure(model_dir, images, args, 1, port)
+        print(f"served, batching off:              {single['requests_per_s']:.1f} req/s  "
+              f"p50 {single['p50_ms']:.0f} ms  p99 {single['p99_ms']:.0f} ms  errors {single['errors']}", flush=True)
+        serve.shutdown()
+        ray.shutdown()
+
+    result = {"image_size": args.image_size, "concurrency": args.concurrency, "batch_size": args.batch_size,
+              "gpu": args.gpu, "raw_images_per_s": raw, "served_batched": batched, "served_unbatched": single,
+              "served_over_raw": batched["requests_per_s"] / raw,
+              "batched_over_unbatched": batched["requests_per_s"] / single["requests_per_s"],
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                          "ray": ray.__version__}}
+    print(f"served/raw {result['served_over_raw']:.2f}   batching on/off {result['batched_over_unbatched']:.2f}")
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
