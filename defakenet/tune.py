@@ -74,7 +74,7 @@ def _trial(params: dict, *, base: dict, study: str, parent_run_id: str, tracking
     from defakenet.train import _epoch_logger, make_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = Config.from_dict(base).replace(**params, **{"tracking.run_name": f"{study}-{trial_id}"})
+    cfg = Config.from_dict(base).replace(**params, **{"tracking.run_name": trial_run_name(study, trial_id)})
     tracker = tracking.Tracker(tracking_uri).start(
         cfg.tracking.experiment, cfg.tracking.run_name,
         tags={"kind": "trial", "study": study, "trial_id": trial_id, "mlflow.parentRunId": parent_run_id})
@@ -167,7 +167,7 @@ def _progress(keys: list[str], epochs: int, log: Callable[[str], None], every_s:
 
 
 def results_table(grid, keys: list[str], epochs: int) -> pd.DataFrame:
-    """One row per trial: its values, status, epochs, best val ROC-AUC (epoch, checkpoint) and trainable params.
+    """One row per trial: its values, status, epochs, best val ROC-AUC (and its epoch) and trainable params.
 
     STOPPED_EARLY: ASHA ended the trial before its last epoch (patience-based early stopping is not counted)."""
     rows = []
@@ -178,8 +178,7 @@ def results_table(grid, keys: list[str], epochs: int) -> pd.DataFrame:
             best = df.loc[df[SCORE].idxmax()]
             row |= {"epochs": int(df["epoch"].max()), "best_val_roc_auc": float(best[SCORE]),
                     "best_epoch": int(best["epoch"]), "last_val_roc_auc": float(df[SCORE].iloc[-1]),
-                    "trainable_parameters": int(df["trainable_parameters"].iloc[0]),
-                    "checkpoint": best.get("checkpoint_path", "")}
+                    "trainable_parameters": int(df["trainable_parameters"].iloc[0])}
         asha_stop = len(df) and row["epochs"] < epochs and not df["patience_stop"].iloc[-1]
         row["status"] = "ERROR" if r.error else ("STOPPED_EARLY" if asha_stop else "TERMINATED")
         rows.append(row)
@@ -232,8 +231,14 @@ def _save(fig, path: Path) -> Path:
 # ---- the study
 
 
-def study_path(cfg: Config) -> str:
-    return f"{storage_path(cfg).rstrip('/')}/{cfg.tracking.run_name}"
+def run_path(cfg: Config, name: str) -> str:
+    """Where the study `name` (or a trial's Ray Train run `name`) lives under the storage folder or URI."""
+    return f"{storage_path(cfg).rstrip('/')}/{name}"
+
+
+def trial_run_name(study: str, trial_id: str) -> str:
+    """A trial's Ray Train run name and MLflow child run name: stable across restarts of the trial."""
+    return f"{study}-{trial_id}"
 
 
 def latest_study(cfg: Config) -> str:
@@ -261,7 +266,7 @@ def run_study(cfg: Config, *, resume: bool = False, log: Callable[[str], None] =
     study = cfg.tracking.run_name
     home = default_home(cfg)
     out = home / "runs" / study
-    path = study_path(cfg)
+    path = run_path(cfg, cfg.tracking.run_name)
     keys = list(search_space(cfg.tune.space))
 
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, home)
@@ -310,7 +315,7 @@ def run_study(cfg: Config, *, resume: bool = False, log: Callable[[str], None] =
         table = results_table(grid, keys, cfg.train.epochs)
         for row in table.itertuples():
             # Tune stops a trial's process as soon as its last result is in, often before the trial's own run ends
-            row_id = tracking.close_run(tracking_uri, cfg.tracking.experiment, f"{study}-{row.trial_id}",
+            row_id = tracking.close_run(tracking_uri, cfg.tracking.experiment, trial_run_name(study, row.trial_id),
                                         "FAILED" if row.status == "ERROR" else "FINISHED", {"tune.status": row.status})
             table.loc[row.Index, "mlflow_run_id"] = row_id
         out.mkdir(parents=True, exist_ok=True)
@@ -327,8 +332,8 @@ def run_study(cfg: Config, *, resume: bool = False, log: Callable[[str], None] =
         tracker.log_metrics({"trials": float(len(table)), "trials_stopped_early": float(
             (table["status"] == "STOPPED_EARLY").sum())})
         tracker.set_tags({"best_trial": best["trial_id"], **{f"best.{k}": best[k] for k in keys}})
-        trial_run = f"{storage_path(cfg).rstrip('/')}/{study}-{best['trial_id']}"
-        summary = finish(winner, manifest, best_checkpoint(trial_run), out, tracker=tracker, log=log)
+        best_dir = best_checkpoint(run_path(cfg, trial_run_name(study, best["trial_id"])))
+        summary = finish(winner, manifest, best_dir, out, tracker=tracker, log=log)
         summary |= {"study": study, "trials": table, "best_trial": best["trial_id"], "tracking_uri": tracking_uri,
                     "storage": path}
         return summary
