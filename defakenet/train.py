@@ -22,9 +22,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from ray.train.torch import TorchTrainer
-
 from defakenet.artifact import load_model, save_model
 from defakenet.config import Config
 from defakenet.data.layouts import read_manifest
@@ -32,6 +29,9 @@ from defakenet.engine import build_model, build_optimizer, build_scheduler, pred
 from defakenet.errors import DataError, UserError
 from defakenet.metrics import choose_threshold, compute_metrics
 from defakenet.model import count_parameters
+
+if TYPE_CHECKING:
+    from ray.train.torch import TorchTrainer
 
 TRAIN_STATE = "train_state.pt"
 SCORE = "val_roc_auc"
