@@ -17,6 +17,7 @@ Not a test: numbers depend on the machine. docs/benchmarks.md records what we me
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import os
@@ -25,6 +26,7 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -65,19 +67,29 @@ def _images(n: int, size: int) -> list[bytes]:
     return out
 
 
-def raw_images_per_s(model_dir: Path, images: list[bytes], batch: int, gpu: bool, seconds: float = 10.0) -> float:
-    """Decode once, then preprocess + forward in batches for about `seconds`: the ceiling for serving."""
+def raw_images_per_s(model_dir: Path, images: list[bytes], batch: int, gpu: bool, threads: int,
+                     seconds: float = 10.0) -> float:
+    """Decode once, then preprocess + forward in batches for about `seconds` on `threads` torch threads (what a
+    replica of that many CPUs gets): the ceiling for serving."""
+    import torch
+
     from defakenet.data.image import decode_rgb
     from defakenet.serve import ServeArgs, load, predict_batch
 
     m = load(ServeArgs(model=str(model_dir), use_gpu=gpu, poll_interval_s=0))
     rgb = [decode_rgb(b, name="bench") for b in images[:batch]]
+    torch.set_num_threads(threads)
     predict_batch(m, rgb)  # warm-up
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         predict_batch(m, rgb)
         n += len(rgb)
     return n / (time.perf_counter() - start)
+
+
+def _split(url: str) -> tuple[str, int, str]:
+    u = urllib.parse.urlsplit(url)
+    return u.hostname, u.port, u.path
 
 
 def load_test(url: str, images: list[bytes], requests: int, concurrency: int) -> dict:
@@ -87,23 +99,31 @@ def load_test(url: str, images: list[bytes], requests: int, concurrency: int) ->
     lock = threading.Lock()
     counter = iter(range(requests))
 
+    host, port, path = _split(url)
+
     def worker():
+        conn = http.client.HTTPConnection(host, port, timeout=60)  # keep-alive, as a production client would
         while True:
             with lock:
                 i = next(counter, None)
             if i is None:
+                conn.close()
                 return
-            req = urllib.request.Request(url, data=images[i % len(images)], headers={"Content-Type": "image/jpeg"})
             t0 = time.perf_counter()
             try:
-                with urllib.request.urlopen(req, timeout=60) as r:
-                    r.read()
+                conn.request("POST", path, body=images[i % len(images)], headers={"Content-Type": "image/jpeg"})
+                r = conn.getresponse()
+                r.read()
+                ok = r.status == 200
             except OSError:
-                with lock:
-                    errors[0] += 1
-                continue
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=60)
+                ok = False
             with lock:
-                lat.append((time.perf_counter() - t0) * 1000)
+                if ok:
+                    lat.append((time.perf_counter() - t0) * 1000)
+                else:
+                    errors[0] += 1
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     start = time.perf_counter()
@@ -149,7 +169,7 @@ def main(argv=None) -> None:
         cfg = Config().replace(**{"data.image_size": args.image_size})
         torch.manual_seed(0)
         model_dir = save_model(Path(tmp) / "model", DeFakeNet(), cfg, {"threshold": 0.5})
-        raw = raw_images_per_s(model_dir, images, args.batch_size, args.gpu)
+        raw = raw_images_per_s(model_dir, images, args.batch_size, args.gpu, max(1, int(args.replica_cpus)))
         print(f"raw batched forward (batch {args.batch_size}): {raw:.1f} img/s", flush=True)
 
         ray.init(include_dashboard=False, log_to_driver=False)
