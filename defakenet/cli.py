@@ -184,18 +184,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.home))
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def serve_args(args: argparse.Namespace):
+    """`defakenet serve`'s flags and `--arg KEY=VALUE`s as a checked ServeArgs (UserError naming a bad one)."""
+    import pydantic
+
     from defakenet import tracking
-    from defakenet.serve import ServeArgs, run_server
+    from defakenet.serve import ServeArgs
 
     tracking_uri = args.tracking_uri or ""
     if args.model.startswith(("models:/", "runs:/")):
         tracking_uri = tracking.resolve_tracking_uri(tracking_uri, args.home or tracking.DEFAULT_HOME)
     if args.replicas < 1:
         raise UserError(f"--replicas {args.replicas}: expected 1 or more")
-    serve_args = ServeArgs(model=args.model, tracking_uri=tracking_uri, use_gpu=args.gpu,
-                           min_replicas=args.replicas, max_replicas=args.replicas)
-    run_server(serve_args, host=args.host, port=args.port)
+    values: dict = {"model": args.model, "tracking_uri": tracking_uri, "use_gpu": args.gpu,
+                    "min_replicas": args.replicas, "max_replicas": args.replicas}
+    for item in args.arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in ServeArgs.model_fields:
+            raise UserError(f"--arg {item!r}: expected KEY=VALUE with KEY one of "
+                            f"{', '.join(ServeArgs.model_fields)}")
+        values[key] = value
+    try:
+        return ServeArgs(**values)
+    except pydantic.ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'args'}: {err['msg']}" for err in e.errors())
+        raise UserError(f"serve arguments: {problems}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from defakenet.serve import run_server
+
+    run_server(serve_args(args), host=args.host, port=args.port)
     return 0
 
 
@@ -343,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="Ray auth token (default $RAY_AUTH_TOKEN or ~/.ray/auth_token)")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("demo", help="the whole job on a synthetic dataset: synth → inspect → train → evaluate")
+    p = sub.add_parser("demo", help="the whole loop on a synthetic dataset: synth → inspect → train → evaluate → tune → "
+                                         "champion → serve → predict over HTTP → shut down")
     p.add_argument("--home", default=".defakenet/demo", help="demo folder (default .defakenet/demo)")
     p.set_defaults(func=cmd_demo)
 
@@ -360,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, "
                                                          "else the SQLite store under --home)")
     p.add_argument("--home", default="", metavar="DIR", help="data folder of the default SQLite store")
+    p.add_argument("--arg", action="append", metavar="KEY=VALUE",
+                   help="any application argument (docs/serving.md), e.g. max_batch_size=32, batch_wait_timeout_s="
+                        "0.02, min_replicas=1, max_replicas=4, poll_interval_s=10, num_gpus=0.5; repeatable")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("predict", help="send images to a running endpoint; one line per image")

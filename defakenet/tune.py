@@ -250,7 +250,13 @@ def latest_study(cfg: Config) -> str:
     return studies[-1].parent.name
 
 
-def run_study(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = print,
+def say(line: str) -> None:
+    """The default `log`: print. A module function, so Tune can pickle the progress callback that holds it even
+    after Ray Train has swapped `builtins.print` in this process (a `fit` before the study, as in `make demo`)."""
+    print(line, flush=True)
+
+
+def run_study(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = say,
               address: str | None = None) -> dict:
     """Run (or resume) a study, evaluate the best trial's best checkpoint on test, log and register it."""
     import ray
@@ -298,7 +304,7 @@ def run_study(cfg: Config, *, resume: bool = False, log: Callable[[str], None] =
             k = concurrency(cfg, ray.cluster_resources())
             log(f"study {study}: {cfg.tune.num_samples} trials, {k} at a time, {cfg.tune.search} search over "
                 f"{', '.join(keys)}; ASHA on {SCORE} (grace {cfg.tune.grace_period}, max {cfg.train.epochs} epochs); "
-                f"{cfg.resources.workers} workers per trial; MLflow {tracking_uri} run {tracker.run_id}")
+                f"{cfg.resources.workers} worker{'s' if cfg.resources.workers != 1 else ''} per trial; MLflow {tracking_uri} run {tracker.run_id}")
             tuner = tune.Tuner(
                 trainable, param_space=param_space(cfg),
                 tune_config=tune.TuneConfig(num_samples=cfg.tune.num_samples,
