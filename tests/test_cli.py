@@ -108,3 +108,19 @@ def test_console_script_prints_no_traceback(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "defakenet")
     r = subprocess.run([exe, "train", "--data", str(tmp_path / "missing")], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and str(tmp_path / "missing") in r.stderr
+
+
+def test_serve_args_from_flags_and_arg_pairs(capsys, tmp_path):
+    from defakenet.cli import serve_args
+
+    args = build_parser().parse_args(["serve", "--model", str(tmp_path), "--replicas", "2", "--arg", "max_batch_size=32",
+                                      "--arg", "max_replicas=4", "--arg", "batch_wait_timeout_s=0.02"])
+    s = serve_args(args)
+    assert (s.model, s.min_replicas, s.max_replicas, s.max_batch_size, s.batch_wait_timeout_s, s.ongoing) == (
+        str(tmp_path), 2, 4, 32, 0.02, 64)
+    # bad pairs: exit 2 and one line naming the key, before anything starts
+    for pair, needle in [("nope=1", "'nope=1'"), ("max_batch_size=zero", "max_batch_size"),
+                         ("max_ongoing_requests=4", "max_ongoing_requests 4 is below max_batch_size 16"),
+                         ("max_batch_size", "KEY=VALUE")]:
+        code, err = _err(capsys, ["serve", "--model", str(tmp_path), "--arg", pair])
+        assert code == 2 and needle in err, (pair, err)
