@@ -68,11 +68,15 @@ def concurrency(cfg: Config, cluster: dict[str, float]) -> int:
 def _trial(params: dict, *, base: dict, study: str, parent_run_id: str, tracking_uri: str, manifest) -> None:
     """One trial: the study's config with this trial's values, trained by its own TorchTrainer."""
     import ray.tune
+    from ray.data import DataContext
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from defakenet import tracking
     from defakenet.train import _epoch_logger, make_trainer
 
+    # this process makes the trial's datasets, which carry its DataContext: no per-operator progress bars (on a
+    # cluster nothing else turns them off, and every driver of the cluster would print them)
+    DataContext.get_current().enable_progress_bars = False
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = Config.from_dict(base).replace(**params, **{"tracking.run_name": trial_run_name(study, trial_id)})
     tracker = tracking.Tracker(tracking_uri).start(
