@@ -43,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--requests", type=int, default=400, help="timed requests per endpoint setting")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-wait-ms", type=float, default=30.0, help="@serve.batch wait timeout (default: serve's)")
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica (torch threads follow)")
     p.add_argument("--output", default="benchmarks/results/serve_throughput.json")
@@ -142,6 +143,7 @@ def serve_and_measure(model_dir: Path, images: list[bytes], args, max_batch: int
     from defakenet.serve import ServeArgs, make_app
 
     sargs = ServeArgs(model=str(model_dir), max_batch_size=max_batch, max_ongoing_requests=max(32, 2 * max_batch),
+                      batch_wait_timeout_s=args.batch_wait_ms / 1000,
                       poll_interval_s=0, use_gpu=args.gpu, num_cpus=args.replica_cpus)
     serve.run(make_app(sargs), name="bench", route_prefix="/")
     url = f"http://127.0.0.1:{port}/v1/predict"
@@ -186,6 +188,7 @@ def main(argv=None) -> None:
         ray.shutdown()
 
     result = {"image_size": args.image_size, "concurrency": args.concurrency, "batch_size": args.batch_size,
+              "batch_wait_ms": args.batch_wait_ms,
               "replica_cpus": args.replica_cpus,
               "gpu": args.gpu, "raw_images_per_s": raw, "served_batched": batched, "served_unbatched": single,
               "served_over_raw": batched["requests_per_s"] / raw,
