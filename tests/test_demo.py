@@ -28,7 +28,9 @@ LINE = re.compile(r"(/\S+\.png)  (real|fake)  p_fake=([0-9.]+)  threshold=([0-9.
 
 def test_demo_runs_the_whole_loop_and_shuts_down(ray_session, tmp_path):
     home = tmp_path / "demo"
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    # as on a fresh machine: no tracking server (mlflow.set_tracking_uri in this process sets the variable)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["RAY_ADDRESS"] = ray_session.get_runtime_context().gcs_address
     proc = subprocess.run([sys.executable, "-m", "defakenet", "demo", "--home", str(home)], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200)
     (tmp_path / "demo.log").write_text(proc.stdout)
@@ -39,6 +41,7 @@ def test_demo_runs_the_whole_loop_and_shuts_down(ray_session, tmp_path):
 
     # the registry the demo left: the trained version and the study's winner, one of them champion
     uri = f"sqlite:///{home / 'mlflow.db'}"
+    assert f"--backend-store-uri {uri}" in out, out[-4000:]
     versions = tracking.client(uri).search_model_versions("name = 'defakenet'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     champion = tracking.get_version_by_alias("defakenet", "champion", tracking_uri=uri)
