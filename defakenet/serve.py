@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -37,7 +38,7 @@ from ray.serve import Application
 
 from defakenet.client import TOKEN_ENV
 from defakenet.data.image import decode_rgb
-from defakenet.errors import DataError
+from defakenet.errors import DataError, UserError
 
 logger = logging.getLogger("ray.serve")
 
@@ -397,10 +398,31 @@ def build_app(args: ServeArgs) -> Application:
     return make_app(args)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def check_port(host: str, port: int) -> None:
+    """UserError when `host:port` cannot be listened on here (taken by another server, or not this machine's)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); another server "
+                            f"may hold the port: pick another with --port") from None
+
+
 def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, blocking: bool = True) -> str:
     """Start Serve on `host:port` in the current (or a new local) Ray instance and deploy the app; the URL.
 
-    The auth token variable, when set here, is passed on to the replicas.
+    The model is loaded here first (on the CPU), so a bad --model, a missing alias or an unreachable tracking
+    server is one UserError before anything starts, not a deployment that fails in its replicas; with a new local
+    Ray instance the port is checked too. Blocking, Ctrl-C or SIGTERM stops the endpoint (serve.shutdown). The auth
+    token variable, when set here, is passed on to the replicas.
     """
     import ray
 
@@ -409,7 +431,12 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
     env = {"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", **tracking.telemetry_off()}
     for k, v in env.items():
         os.environ.setdefault(k, v)
+    first = load(args.model_copy(update={"use_gpu": False}))
+    what = f"{args.model} (version {first.version})" if first.alias else args.model
+    del first
     if not ray.is_initialized():
+        if not os.environ.get("RAY_ADDRESS"):
+            check_port(host, port)  # the proxy of the instance started here would fail to bind it, over and over
         ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env}, include_dashboard=True,
                  dashboard_host="127.0.0.1", log_to_driver=True)
     extra = {}
@@ -417,9 +444,14 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
         extra[args.auth_token_env] = os.environ[args.auth_token_env]
     if args.tracking_uri:
         extra["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    if blocking and threading.current_thread() is threading.main_thread():
+        # `kill`, Kubernetes, systemd: stop as Ctrl-C does. Set after ray.init, whose own handler would kill the
+        # process on the spot and leave the app running on a cluster
+        signal.signal(signal.SIGTERM, _interrupt)
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}"
-    print(f"defakenet: serving {args.model} at {url}/v1/predict (docs {url}/docs); Ctrl-C stops", flush=True)
+    print(f"defakenet: serving {what} at {url}/v1/predict (docs {url}/docs)"
+          + ("; Ctrl-C stops" if blocking else ""), flush=True)
     try:
         serve.run(make_app(args, {**env, **extra}), name="defakenet", route_prefix="/", blocking=blocking)
     except KeyboardInterrupt:
