@@ -2,8 +2,9 @@
 
 Both sides train the same DeFakeNet (ResNet50V2) on the same images at the same resolution and batch size with
 the same augmentation, through the same `engine.train_one_epoch`; only the input pipeline and the process model
-differ. Each side runs a warm-up pass, then a timed pass of --steps optimizer steps; images/s counts images per
-second of the timed pass (data waits included). Prints the ratio ray/plain and writes JSON.
+differ. Each side runs a warm-up pass, then a timed pass (a new epoch) of --steps optimizer steps, by default one
+whole epoch; images/s counts images per second of the timed pass (data waits included, and printed). Prints the
+ratio ray/plain and writes JSON.
 
     python benchmarks/train_throughput.py                                   # CPU: synthetic 64 px, 1 worker
     python benchmarks/train_throughput.py --data ../shared/datasets/faces-140k-sample --image-size 128
@@ -39,12 +40,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", help="dataset folder (default: a synthetic one made in a temp folder)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=30, help="timed optimizer steps per side")
+    p.add_argument("--steps", type=int, default=0,
+                   help="timed optimizer steps per side (default 0: one whole epoch of the train split)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (per side)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (the plain loop is always one process)")
     p.add_argument("--gpu", action="store_true", help="CUDA, bf16 autocast and channels_last on both sides")
     p.add_argument("--output", default="benchmarks/results/train_throughput.json")
     return p.parse_args(argv)
+
+
+class Waits:
+    """Wraps a batch iterator and counts the seconds the loop waited for batches (the first one separately)."""
+
+    def __init__(self, batches):
+        self.it, self.wait, self.first = iter(batches), 0.0, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t = time.perf_counter()
+        batch = next(self.it)
+        dt = time.perf_counter() - t
+        self.wait += dt
+        if self.first is None:
+            self.first = dt
+        return batch
+
+    def stats(self, stats: dict) -> dict:
+        return stats | {"data_wait_s": self.wait, "first_batch_s": self.first or 0.0}
 
 
 def make_config(args: argparse.Namespace, root: str) -> Config:
@@ -69,8 +93,9 @@ def plain_loop(cfg: Config, manifest, args: argparse.Namespace) -> dict:
     loader = make_loader(manifest, "train", cfg, train=True, workers=0)
     kw = dict(device=device, amp=cfg.train.amp, channels_last=channels_last, grad_clip=cfg.optim.grad_clip)
     train_one_epoch(model, loader, optimizer, scheduler, max_steps=args.warmup, **kw)
-    stats = train_one_epoch(model, loader, optimizer, scheduler, max_steps=args.steps, **kw)
-    return {"images": stats["images"], "seconds": stats["seconds"], "images_per_s": stats["images_per_s"]}
+    waits = Waits(loader)
+    stats = waits.stats(train_one_epoch(model, waits, optimizer, scheduler, max_steps=args.steps, **kw))
+    return {k: stats[k] for k in ("images", "seconds", "images_per_s", "data_wait_s", "first_batch_s")}
 
 
 def _ray_worker(config: dict) -> None:
@@ -93,8 +118,8 @@ def _ray_worker(config: dict) -> None:
     kw = dict(device=device, amp=cfg.train.amp, channels_last=channels_last, grad_clip=cfg.optim.grad_clip)
     train_one_epoch(model, iter_batches(shard, cfg.train.batch_size, train=True), optimizer, scheduler,
                     max_steps=config["warmup"], **kw)
-    stats = train_one_epoch(model, iter_batches(shard, cfg.train.batch_size, train=True), optimizer, scheduler,
-                            max_steps=config["steps"], **kw)
+    waits = Waits(iter_batches(shard, cfg.train.batch_size, train=True))
+    stats = waits.stats(train_one_epoch(model, waits, optimizer, scheduler, max_steps=config["steps"], **kw))
     ctx = ray.train.get_context()
     Path(config["out"], f"rank{ctx.get_world_rank()}.json").write_text(json.dumps(stats))
     ray.train.report({"images_per_s": stats["images_per_s"]})
@@ -130,7 +155,9 @@ def ray_train(cfg: Config, manifest, args: argparse.Namespace) -> dict:
     images = sum(r["images"] for r in per_rank)
     seconds = max(r["seconds"] for r in per_rank)
     return {"images": images, "seconds": seconds, "images_per_s": images / seconds,
-            "images_per_s_per_worker": images / seconds / len(per_rank)}
+            "images_per_s_per_worker": images / seconds / len(per_rank),
+            "data_wait_s": max(r["data_wait_s"] for r in per_rank),
+            "first_batch_s": max(r["first_batch_s"] for r in per_rank)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,20 +175,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = make_config(args, root)
     manifest = read_manifest(root)
-    need = (args.steps + args.warmup) * args.batch_size * args.workers
     n_train = int((manifest["split"] == "train").sum())
-    if n_train < need:
-        print(f"train split has {n_train} images; {need} needed for {args.warmup}+{args.steps} steps "
-              f"of {args.batch_size} x {args.workers} workers", file=sys.stderr)
+    epoch_steps = n_train // (args.batch_size * args.workers)
+    args.steps = args.steps or epoch_steps
+    if max(args.steps, args.warmup) > epoch_steps:
+        print(f"train split has {n_train} images: {epoch_steps} steps of {args.batch_size} x {args.workers} "
+              f"worker(s) per epoch, fewer than the {max(args.steps, args.warmup)} asked for", file=sys.stderr)
         return 2
     print(f"data {root}: {n_train} train images; {args.image_size} px, batch {args.batch_size}, "
           f"{args.warmup} warm-up + {args.steps} timed steps, {'GPU' if args.gpu else f'{os.cpu_count()} CPU cores'}")
     t0 = time.perf_counter()
     plain = plain_loop(cfg, manifest, args)
-    print(f"plain PyTorch loop:     {plain['images_per_s']:8.1f} img/s")
+    print(f"plain PyTorch loop:     {plain['images_per_s']:8.1f} img/s  (waited {plain['data_wait_s']:.1f} of "
+          f"{plain['seconds']:.1f} s for data)")
     ray_stats = ray_train(cfg, manifest, args)
     print(f"Ray Train + Ray Data:   {ray_stats['images_per_s']:8.1f} img/s  ({args.workers} worker(s), "
-          f"{ray_stats['images_per_s_per_worker']:.1f} img/s per worker)")
+          f"{ray_stats['images_per_s_per_worker']:.1f} img/s per worker; waited {ray_stats['data_wait_s']:.1f} of "
+          f"{ray_stats['seconds']:.1f} s for data, {ray_stats['first_batch_s']:.1f} s for the first batch)")
     ratio = ray_stats["images_per_s"] / plain["images_per_s"]
     print(f"ratio ray/plain:        {ratio:8.3f}")
     result = {
