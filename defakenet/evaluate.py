@@ -88,7 +88,7 @@ def evaluate_model(
         raise DataError(f"split {split!r} of {data_root} has no images")
     from defakenet.train import init_ray
 
-    init_ray(cfg.replace(**{"resources.workers": actors}))
+    init_ray(cfg.replace(**{"resources.workers": actors, "resources.use_gpu": use_gpu}))
     labels, scores = score_rows(model_dir, rows, use_gpu=use_gpu, actors=actors)
     metrics = compute_metrics(labels, scores, threshold=saved.threshold)
     if output:

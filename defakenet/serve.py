@@ -439,6 +439,10 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
             check_port(host, port)  # the proxy of the instance started here would fail to bind it, over and over
         ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env}, include_dashboard=True,
                  dashboard_host="127.0.0.1", log_to_driver=True)
+        if args.use_gpu:
+            from defakenet.train import check_gpus
+
+            check_gpus(args.num_gpus * args.min_replicas, local=not os.environ.get("RAY_ADDRESS"))
     extra = {}
     if args.auth_token_env and os.environ.get(args.auth_token_env):
         extra[args.auth_token_env] = os.environ[args.auth_token_env]

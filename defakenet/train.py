@@ -263,6 +263,21 @@ def init_ray(cfg: Config, address: str | None = None, cpus: int = 0) -> None:
         # the dashboard serves the state API, which Ray Train's placement-group cleaner polls: keep it, on loopback
         ray.init(num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, include_dashboard=True,
                  dashboard_host="127.0.0.1", log_to_driver=True)
+    check_gpus(cfg.resources.workers if cfg.resources.use_gpu else 0, local=not address)
+
+
+def check_gpus(needed: float, *, local: bool) -> None:
+    """UserError when a Ray instance started here has fewer than `needed` GPUs (Ray would wait for them forever);
+    on a cluster, a note: an autoscaler may still add GPU nodes."""
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0)
+    if needed <= 0 or have >= needed:
+        return
+    msg = f"--gpu: {needed:g} GPU(s) needed, this Ray {'instance' if local else 'cluster'} has {have:g}"
+    if local:
+        raise UserError(msg + " (no CUDA device visible here; drop --gpu to run on the CPU)")
+    print(f"defakenet: {msg} now; waiting for the cluster to add GPU nodes", flush=True)
 
 
 def load_run_inputs(cfg: Config, log: Callable[[str], None], prefix: str):
@@ -318,10 +333,10 @@ def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None 
     out = home / "runs" / run_name
 
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, home)
+    init_ray(cfg, address)  # first: --gpu without a GPU is a one-line error, not a FAILED MLflow run
     tracker = tracking.Tracker(tracking_uri).start(cfg.tracking.experiment, run_name, tags={"kind": "train"})
     with tracker:  # FINISHED on success, FAILED on an error, KILLED on Ctrl-C
         tracker.log_config(cfg)
-        init_ray(cfg, address)
         model_probe = build_model(cfg.replace(**{"model.weights": ""}))
         trainable = count_parameters(model_probe, trainable_only=True)
         log(f"run {run_name}: ResNet50V2 DeFakeNet, freeze_depth {cfg.model.freeze_depth}, {trainable:,} trainable "

@@ -82,3 +82,17 @@ def test_staged_unfreezing_rebuilds_ddp_and_trains_every_layer(ray_session, mlfl
     history = sorted(client.get_metric_history(run.info.run_id, "trainable_parameters"), key=lambda m: m.step)
     assert [(m.step, int(m.value)) for m in history] == [(1, 2_049), (2, 23_521_409), (3, 23_521_409)]
     assert run.info.status == "FINISHED"
+
+
+def test_gpu_request_without_gpus(ray_session, capsys):
+    from defakenet.errors import UserError
+    from defakenet.train import check_gpus
+
+    assert ray_session.cluster_resources().get("GPU", 0) == 0  # this machine: no GPU
+    check_gpus(0, local=True)  # nothing asked, nothing said
+    with pytest.raises(UserError, match=r"^--gpu: 2 GPU\(s\) needed, this Ray instance has 0 \(no CUDA device"):
+        check_gpus(2, local=True)
+    # a cluster may still add GPU nodes: a note, not an error
+    check_gpus(0.5, local=False)
+    assert capsys.readouterr().out == (
+        "defakenet: --gpu: 0.5 GPU(s) needed, this Ray cluster has 0 now; waiting for the cluster to add GPU nodes\n")
