@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (per side)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (the plain loop is always one process)")
     p.add_argument("--gpu", action="store_true", help="CUDA, bf16 autocast and channels_last on both sides")
+    p.add_argument("--loader-workers", type=int, default=None,
+                   help="DataLoader worker processes of the plain loop (default: 0 on CPU, where decoding inline "
+                        "leaves the cores to the model; with --gpu all cores but two)")
     p.add_argument("--output", default="benchmarks/results/train_throughput.json")
     return p.parse_args(argv)
 
@@ -75,13 +78,14 @@ def make_config(args: argparse.Namespace, root: str) -> Config:
     return Config().replace(**{
         "data.root": root, "data.image_size": args.image_size, "train.batch_size": args.batch_size,
         "resources.workers": args.workers, "resources.use_gpu": args.gpu,
-        "resources.cpus_per_worker": max(1, (os.cpu_count() or 2) // args.workers),
+        # CPU: the model gets every core; GPU: 2 CPUs per worker, the rest decode (Ray Data tasks)
+        "resources.cpus_per_worker": 2 if args.gpu else max(1, (os.cpu_count() or 2) // args.workers),
         "train.amp": "auto", "train.channels_last": True,
     })
 
 
 def plain_loop(cfg: Config, manifest, args: argparse.Namespace) -> dict:
-    """One process: decode + augment inline (DataLoader without workers), model on all cores or the GPU."""
+    """One process: decode + augment in the DataLoader (inline by default on CPU), model on all cores or the GPU."""
     torch.manual_seed(0)
     device = torch.device("cuda" if args.gpu else "cpu")
     channels_last = args.gpu
@@ -90,7 +94,7 @@ def plain_loop(cfg: Config, manifest, args: argparse.Namespace) -> dict:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, args.steps + args.warmup, 1)
-    loader = make_loader(manifest, "train", cfg, train=True, workers=0)
+    loader = make_loader(manifest, "train", cfg, train=True, workers=args.loader_workers)
     kw = dict(device=device, amp=cfg.train.amp, channels_last=channels_last, grad_clip=cfg.optim.grad_clip)
     train_one_epoch(model, loader, optimizer, scheduler, max_steps=args.warmup, **kw)
     waits = Waits(loader)
@@ -162,6 +166,8 @@ def ray_train(cfg: Config, manifest, args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.loader_workers is None:
+        args.loader_workers = max(0, (os.cpu_count() or 2) - 2) if args.gpu else 0
     if args.gpu and not torch.cuda.is_available():
         print("--gpu: no CUDA device here", file=sys.stderr)
         return 2
@@ -183,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
               f"worker(s) per epoch, fewer than the {max(args.steps, args.warmup)} asked for", file=sys.stderr)
         return 2
     print(f"data {root}: {n_train} train images; {args.image_size} px, batch {args.batch_size}, "
-          f"{args.warmup} warm-up + {args.steps} timed steps, {'GPU' if args.gpu else f'{os.cpu_count()} CPU cores'}")
+          f"{args.warmup} warm-up + {args.steps} timed steps, {'GPU' if args.gpu else f'{os.cpu_count()} CPU cores'}, "
+          f"plain loop with {args.loader_workers} loader worker(s)")
     t0 = time.perf_counter()
     plain = plain_loop(cfg, manifest, args)
     print(f"plain PyTorch loop:     {plain['images_per_s']:8.1f} img/s  (waited {plain['data_wait_s']:.1f} of "
