@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -156,11 +157,15 @@ def serve_and_measure(model_dir: Path, images: list[bytes], args, max_batch: int
     return result
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
     import ray
     import torch
     from ray import serve
+
+    if args.gpu and not torch.cuda.is_available():
+        print("--gpu: no CUDA device here", file=sys.stderr)  # Serve would wait for a GPU replica forever
+        return 2
 
     from defakenet.artifact import save_model
     from defakenet.config import Config
@@ -200,7 +205,8 @@ def main(argv=None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -35,8 +35,8 @@ step() {  # step NAME SECONDS CMD...: run, time, record ok/FAILED in summary.txt
     t0=$(date +%s)
     timeout "$limit" "$@"
     rc=$?
-    printf '%-12s %-6s %4ss  %s\n' "$name" "$([ $rc = 0 ] && echo ok || echo "FAILED($rc)")" \
-        "$(( $(date +%s) - t0 ))" "$*" | tee -a "$OUT/summary.txt"
+    printf '%-12s %-10s %4ss  %.150s\n' "$name" "$([ $rc = 0 ] && echo ok || echo "FAILED($rc)")" \
+        "$(( $(date +%s) - t0 ))" "$(tr '\n' ' ' <<<"$*")" | tee -a "$OUT/summary.txt"
 }
 
 step env 60 $PY -c "
