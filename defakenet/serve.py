@@ -435,14 +435,15 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
     what = f"{args.model} (version {first.version})" if first.alias else args.model
     del first
     if not ray.is_initialized():
-        if not os.environ.get("RAY_ADDRESS"):
+        address = os.environ.get("RAY_ADDRESS")
+        if not address:
             check_port(host, port)  # the proxy of the instance started here would fail to bind it, over and over
-        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env}, include_dashboard=True,
-                 dashboard_host="127.0.0.1", log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=True, dashboard_host="127.0.0.1",
+                 log_to_driver=True)
         if args.use_gpu:
             from defakenet.train import check_gpus
 
-            check_gpus(args.num_gpus * args.min_replicas, local=not os.environ.get("RAY_ADDRESS"))
+            check_gpus(args.num_gpus * args.min_replicas, local=not address)
     extra = {}
     if args.auth_token_env and os.environ.get(args.auth_token_env):
         extra[args.auth_token_env] = os.environ[args.auth_token_env]

@@ -239,7 +239,7 @@ def _epoch_logger(tracking_uri: str, run_id: str):
 
 def init_ray(cfg: Config, address: str | None = None, cpus: int = 0) -> None:
     """Connect to a cluster (`address`, $RAY_ADDRESS) or start a local instance of at least `cpus` logical CPUs
-    (default: sized for one training run + decoding)."""
+    (default: sized for one training run + decoding); then `check_gpus` for resources.use_gpu."""
     import ray
     from ray.data import DataContext
 
