@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-wait-ms", type=float, default=30.0, help="@serve.batch wait timeout (default: serve's)")
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica (torch threads follow)")
+    p.add_argument("--direct-ingress", action="store_true",
+                   help="Ray Serve's experimental direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1): clients talk to "
+                        "the replica's own HTTP port, no proxy hop (defakenet serve does not use it)")
     p.add_argument("--output", default="benchmarks/results/serve_throughput.json")
     return p.parse_args(argv)
 
@@ -138,6 +141,18 @@ def load_test(url: str, images: list[bytes], requests: int, concurrency: int) ->
             "p99_ms": float(np.percentile(lat, 99)), "errors": errors[0], "requests": requests}
 
 
+def _replica_port(first: int) -> int:
+    """With direct ingress, the port the (one) replica listens on: the first of [first, first + 50) that answers."""
+    for port in range(first, first + 50):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return port
+        except OSError:
+            continue
+    raise RuntimeError(f"direct ingress: no replica answers on ports {first}-{first + 49}")
+
+
 def serve_and_measure(model_dir: Path, images: list[bytes], args, max_batch: int, port: int) -> dict:
     from ray import serve
 
@@ -147,6 +162,8 @@ def serve_and_measure(model_dir: Path, images: list[bytes], args, max_batch: int
                       batch_wait_timeout_s=args.batch_wait_ms / 1000,
                       poll_interval_s=0, use_gpu=args.gpu, num_cpus=args.replica_cpus)
     serve.run(make_app(sargs), name="bench", route_prefix="/")
+    if args.direct_ingress:
+        port = _replica_port(port)
     url = f"http://127.0.0.1:{port}/v1/predict"
     load_test(url, images, min(64, args.requests), args.concurrency)  # warm-up
     result = load_test(url, images, args.requests, args.concurrency)
@@ -179,21 +196,27 @@ def main(argv=None) -> int:
         raw = raw_images_per_s(model_dir, images, args.batch_size, args.gpu, max(1, int(args.replica_cpus)))
         print(f"raw batched forward (batch {args.batch_size}): {raw:.1f} img/s", flush=True)
 
-        ray.init(include_dashboard=False, log_to_driver=False)
         port = _free_port()
+        if args.direct_ingress:  # replicas take HTTP ports from a range: start it past the proxy's
+            first = _free_port()
+            os.environ.update({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+                               "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
+                               "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + 50)})
+        ray.init(include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        batched = serve_and_measure(model_dir, images, args, args.batch_size, port)
+        replica_port = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", 0)) if args.direct_ingress else 0
+        batched = serve_and_measure(model_dir, images, args, args.batch_size, replica_port or port)
         print(f"served, batching on (max {args.batch_size}): {batched['requests_per_s']:.1f} req/s  "
               f"p50 {batched['p50_ms']:.0f} ms  p99 {batched['p99_ms']:.0f} ms  errors {batched['errors']}  "
               f"mean batch {batched['mean_batch_size']:.1f}", flush=True)
-        single = serve_and_measure(model_dir, images, args, 1, port)
+        single = serve_and_measure(model_dir, images, args, 1, replica_port or port)
         print(f"served, batching off:              {single['requests_per_s']:.1f} req/s  "
               f"p50 {single['p50_ms']:.0f} ms  p99 {single['p99_ms']:.0f} ms  errors {single['errors']}", flush=True)
         serve.shutdown()
         ray.shutdown()
 
     result = {"image_size": args.image_size, "concurrency": args.concurrency, "batch_size": args.batch_size,
-              "batch_wait_ms": args.batch_wait_ms,
+              "batch_wait_ms": args.batch_wait_ms, "direct_ingress": args.direct_ingress,
               "replica_cpus": args.replica_cpus,
               "gpu": args.gpu, "raw_images_per_s": raw, "served_batched": batched, "served_unbatched": single,
               "served_over_raw": batched["requests_per_s"] / raw,
