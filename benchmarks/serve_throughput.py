@@ -196,20 +196,19 @@ def main(argv=None) -> int:
         raw = raw_images_per_s(model_dir, images, args.batch_size, args.gpu, max(1, int(args.replica_cpus)))
         print(f"raw batched forward (batch {args.batch_size}): {raw:.1f} img/s", flush=True)
 
-        port = _free_port()
-        if args.direct_ingress:  # replicas take HTTP ports from a range: start it past the proxy's
-            first = _free_port()
+        proxy_port = port = _free_port()
+        if args.direct_ingress:  # replicas take HTTP ports from a range starting here: the load goes there
+            port = _free_port()
             os.environ.update({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-                               "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
-                               "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + 50)})
+                               "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+                               "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 50)})
         ray.init(include_dashboard=False, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        replica_port = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", 0)) if args.direct_ingress else 0
-        batched = serve_and_measure(model_dir, images, args, args.batch_size, replica_port or port)
+        serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
+        batched = serve_and_measure(model_dir, images, args, args.batch_size, port)
         print(f"served, batching on (max {args.batch_size}): {batched['requests_per_s']:.1f} req/s  "
               f"p50 {batched['p50_ms']:.0f} ms  p99 {batched['p99_ms']:.0f} ms  errors {batched['errors']}  "
               f"mean batch {batched['mean_batch_size']:.1f}", flush=True)
-        single = serve_and_measure(model_dir, images, args, 1, replica_port or port)
+        single = serve_and_measure(model_dir, images, args, 1, port)
         print(f"served, batching off:              {single['requests_per_s']:.1f} req/s  "
               f"p50 {single['p50_ms']:.0f} ms  p99 {single['p99_ms']:.0f} ms  errors {single['errors']}", flush=True)
         serve.shutdown()
