@@ -8,6 +8,7 @@ report with the threshold chosen on valid at training time.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +24,21 @@ BATCH_CPU, BATCH_GPU = 32, 256
 
 
 class _Scorer:
-    """map_batches actor: one model per actor, scores p(fake) for batches of preprocessed images."""
+    """map_batches actor: one model per actor, scores p(fake) for batches of preprocessed images.
 
-    def __init__(self, model_dir: str, use_gpu: bool):
+    The model's files come through the object store (`files`: a one-item list holding the ref, so Ray passes
+    the ref itself), not as a path: actors on other nodes cannot see the driver's disk."""
+
+    def __init__(self, files: list, use_gpu: bool):
+        import ray
         import torch
 
         self.torch = torch
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        saved = load_model(model_dir)
+        with tempfile.TemporaryDirectory(prefix="defakenet-scorer-") as tmp:
+            for name, data in ray.get(files[0]).items():
+                (Path(tmp) / name).write_bytes(data)
+            saved = load_model(tmp)
         self.model = saved.model.to(self.device).eval()
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -48,15 +56,18 @@ class _Scorer:
 
 def score_rows(model_dir: str | Path, rows, *, use_gpu: bool = False, actors: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Labels and p(fake) for manifest `rows`, in row order, by Ray Data batch inference."""
+    import ray
     from ray.data import ActorPoolStrategy
 
+    from defakenet.artifact import CONFIG_FILE, META_FILE, WEIGHTS_FILE
     from defakenet.data.pipeline import build_dataset
 
     saved = load_model(model_dir)
+    files = ray.put({name: (Path(model_dir) / name).read_bytes() for name in (WEIGHTS_FILE, CONFIG_FILE, META_FILE)})
     ds = build_dataset(rows, saved.config, train=False)
     batch = BATCH_GPU if use_gpu else BATCH_CPU
     scored = ds.map_batches(
-        _Scorer, fn_constructor_kwargs={"model_dir": str(model_dir), "use_gpu": use_gpu}, batch_size=batch,
+        _Scorer, fn_constructor_kwargs={"files": [files], "use_gpu": use_gpu}, batch_size=batch,
         batch_format="numpy", compute=ActorPoolStrategy(size=actors), num_gpus=1 if use_gpu else 0,
     )
     scored.context.execution_options.preserve_order = True
@@ -79,17 +90,19 @@ def evaluate_model(
         raise DataError(f"Invalid split {split!r}. Only {', '.join(SPLITS)} are supported.")
     if model.startswith(("models:/", "runs:/")):
         tracking_uri = tracking.resolve_tracking_uri(tracking_uri or "", tracking.DEFAULT_HOME)
-    model_dir = tracking.resolve_model(model, tracking_uri=tracking_uri)
-    saved = load_model(model_dir)
-    cfg = saved.config
-    manifest = read_manifest(data_root, ratios=cfg.data.split, seed=cfg.data.split_seed)
-    rows = manifest if split == "all" else manifest[manifest["split"] == split]
-    if not len(rows):
-        raise DataError(f"split {split!r} of {data_root} has no images")
-    from defakenet.train import init_ray
+    # a registry model is downloaded into a folder of our own and removed after scoring (~100 MB per call)
+    with tempfile.TemporaryDirectory(prefix="defakenet-eval-") as tmp:
+        model_dir = tracking.resolve_model(model, tmp, tracking_uri=tracking_uri)
+        saved = load_model(model_dir)
+        cfg = saved.config
+        manifest = read_manifest(data_root, ratios=cfg.data.split, seed=cfg.data.split_seed)
+        rows = manifest if split == "all" else manifest[manifest["split"] == split]
+        if not len(rows):
+            raise DataError(f"split {split!r} of {data_root} has no images")
+        from defakenet.train import init_ray
 
-    init_ray(cfg.replace(**{"resources.workers": actors, "resources.use_gpu": use_gpu}))
-    labels, scores = score_rows(model_dir, rows, use_gpu=use_gpu, actors=actors)
+        init_ray(cfg.replace(**{"resources.workers": actors, "resources.use_gpu": use_gpu}))
+        labels, scores = score_rows(model_dir, rows, use_gpu=use_gpu, actors=actors)
     metrics = compute_metrics(labels, scores, threshold=saved.threshold)
     if output:
         write_report(output, labels, scores, saved.threshold, title=f"defakenet {split} split ({data_root})",

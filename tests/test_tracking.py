@@ -125,11 +125,11 @@ def test_registered_model_resolves_by_version_alias_and_run(mlflow_server, logge
     assert v1["tags"]["validated"] == "true" and v1["tags"]["dataset"] == "synth"
 
 
-def test_pyfunc_predicts_p_fake_without_defakenet_helpers(mlflow_server, logged, model_dir):
+def test_pyfunc_predicts_p_fake_without_defakenet_helpers(mlflow_server, logged, model_dir, tmp_path):
     import mlflow
 
     mlflow.set_tracking_uri(mlflow_server)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/1", dst_path=str(tmp_path))
     assert pyfunc.metadata.metadata["threshold"] == THRESHOLD
     assert pyfunc.metadata.metadata["preprocessing"]["image_size"] == 32
     x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)

@@ -2,6 +2,7 @@
 `mlflow server`, registers a version, and `defakenet evaluate` of that version reproduces the logged test metrics."""
 
 import json
+import tempfile
 
 import pytest
 
@@ -46,21 +47,25 @@ def test_two_workers_learn_and_log_every_epoch_once(trained, mlflow_server):
     assert run.data.metrics["test_roc_auc"] >= 0.9
 
 
-def test_run_folder_and_registered_version(trained, mlflow_server):
+def test_run_folder_and_registered_version(trained, mlflow_server, tmp_path):
     home, name = trained
     for f in REPORT_FILES.values():
         assert (home / "runs" / name / "report" / f).stat().st_size > 0
-    saved = load_model(tracking.resolve_model(f"models:/{MODEL_NAME}/1", tracking_uri=mlflow_server))
+    saved = load_model(tracking.resolve_model(f"models:/{MODEL_NAME}/1", tmp_path, tracking_uri=mlflow_server))
     local = load_model(home / "runs" / name / "model")
     assert saved.threshold == local.threshold and 0 < saved.threshold < 1
     assert saved.meta["preprocessing"]["image_size"] == 64
 
 
-def test_evaluate_registered_version_reproduces_logged_test_metrics(trained, mlflow_server, synth_64, tmp_path):
+def test_evaluate_registered_version_reproduces_logged_test_metrics(trained, mlflow_server, synth_64, tmp_path,
+                                                                   monkeypatch):
     _, run = _run(mlflow_server, trained[1])
-    out = tmp_path / "eval"
+    out, temp = tmp_path / "eval", tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     assert main(["evaluate", "--model", f"models:/{MODEL_NAME}/1", "--tracking-uri", mlflow_server,
                  "--data", str(synth_64), "--output", str(out)]) == 0
+    assert not list(temp.rglob("model.safetensors")), "the downloaded model was left in the temp folder"
     got = json.loads((out / "metrics.json").read_text())
     for key in ("accuracy", "roc_auc", "average_precision", "f1"):
         assert got[key] == pytest.approx(run.data.metrics[f"test_{key}"], abs=1e-6), key

@@ -62,7 +62,7 @@ def test_study_stops_weak_trials_early_and_records_each_trial(study, mlflow_serv
         assert child.data.params["optim.lr"] == repr(float(row._2))
 
 
-def test_study_parent_run_holds_results_and_registers_the_winner(study, mlflow_server):
+def test_study_parent_run_holds_results_and_registers_the_winner(study, mlflow_server, tmp_path):
     summary, model = study
     client = tracking._client(mlflow_server)
     parent = client.get_run(summary["mlflow_run_id"])
@@ -73,7 +73,7 @@ def test_study_parent_run_holds_results_and_registers_the_winner(study, mlflow_s
     assert best["best_val_roc_auc"] == summary["trials"]["best_val_roc_auc"].max()
     assert parent.data.tags["best_trial"] == summary["best_trial"]
     assert tracking.get_version_by_alias(model, "champion", tracking_uri=mlflow_server) == 1
-    saved = tracking.resolve_model(f"models:/{model}@champion", tracking_uri=mlflow_server)
+    saved = tracking.resolve_model(f"models:/{model}@champion", tmp_path, tracking_uri=mlflow_server)
     assert (saved / "model.safetensors").stat().st_size > 1_000_000
 
 
