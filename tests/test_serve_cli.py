@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,37 +107,41 @@ def _offline_scores(model_dir, blobs: list[bytes]) -> np.ndarray:
     return _Scorer(str(model_dir), use_gpu=False)({"image": images, "label": np.zeros(len(blobs))})["score"]
 
 
-@pytest.mark.slow
-def test_serves_until_sigterm_then_stops_cleanly(ray_session, model_dir, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = _env(RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
+def _start(args: list[str], env: dict[str, str], tmp_path) -> subprocess.Popen:
+    """`defakenet serve ARGS` in the background, logging to tmp_path/serve.log; returns once /healthz answers."""
+    url = f"http://127.0.0.1:{args[args.index('--port') + 1]}"
     log = (tmp_path / "serve.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "defakenet", "serve", "--model", str(model_dir), "--port",
-                             str(port), "--arg", "batch_wait_timeout_s=0.005"],
-                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "defakenet", "serve", *args], env=env, cwd=tmp_path, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
+        try:
+            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return proc
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("endpoint not ready in 180 s: " + (tmp_path / "serve.log").read_text()[-3000:])
+        time.sleep(1)
+
+
+def _answers_as_evaluate(url: str, model_dir) -> None:
+    blobs = [_png(1), _png(2)]
+    want = _offline_scores(model_dir, blobs)
+    for blob, p in zip(blobs, want):
+        r = requests.post(f"{url}/v1/predict", data=blob, headers={"Content-Type": "image/png"}, timeout=60)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert abs(body["p_fake"] - p) < 1e-5 and body["threshold"] == 0.45
+        assert body["label"] == ("fake" if p >= 0.45 else "real")
+
+
+def _sigterm(proc: subprocess.Popen, tmp_path) -> str:
+    """SIGTERM, as `kill` and Kubernetes send: exits 0; the log."""
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "endpoint not ready in 180 s"
-            time.sleep(1)
-
-        blobs = [_png(1), _png(2)]
-        want = _offline_scores(model_dir, blobs)
-        for blob, p in zip(blobs, want):
-            r = requests.post(f"{url}/v1/predict", data=blob, headers={"Content-Type": "image/png"}, timeout=60)
-            assert r.status_code == 200, r.text
-            body = r.json()
-            assert abs(body["p_fake"] - p) < 1e-5 and body["threshold"] == 0.45
-            assert body["label"] == ("fake" if p >= 0.45 else "real")
-        assert requests.get(f"{url}/v1/model", timeout=30).json()["input_size"] == SIZE
-
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, (tmp_path / "serve.log").read_text()[-3000:]
     finally:
@@ -142,7 +149,67 @@ def test_serves_until_sigterm_then_stops_cleanly(ray_session, model_dir, tmp_pat
             proc.kill()
             proc.wait()
     out = (tmp_path / "serve.log").read_text()
-    assert f"defakenet: serving {model_dir} at {url}/v1/predict" in out
     assert "defakenet: endpoint stopped" in out and "SIGTERM received" not in out
+    return out
+
+
+@pytest.mark.slow
+def test_serves_until_sigterm_then_stops_cleanly(ray_session, model_dir, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = _env(RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
+    proc = _start(["--model", str(model_dir), "--port", str(port), "--arg", "batch_wait_timeout_s=0.005"], env,
+                  tmp_path)
+    try:
+        _answers_as_evaluate(url, model_dir)
+        assert requests.get(f"{url}/v1/model", timeout=30).json()["input_size"] == SIZE
+    finally:
+        out = _sigterm(proc, tmp_path)
+    assert f"defakenet: serving {model_dir} at {url}/v1/predict" in out
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/healthz", timeout=5)
+
+
+def _haproxy_pids(state: str) -> list[int]:
+    """HAProxy processes running on a config under `state`."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"haproxy") and any(state.encode() in a for a in argv):
+            pids.append(int(d.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_haproxy_ingress_forwards_to_the_replica(model_dir, tmp_path):
+    """--haproxy on a Ray instance of its own: HAProxy, not Serve's Python proxy, listens on --port and answers
+    what evaluate scores; SIGTERM stops HAProxy with the rest. The instance gets its own Ray temp root, so the
+    session's instance (and Ray Train's view of "the" cluster) is left alone."""
+    ray_tmp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths live under it
+    state = tempfile.mkdtemp(prefix="hp-", dir="/tmp")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = _env(RAY_TMPDIR=ray_tmp, RAY_SERVE_HAPROXY_SERVER_STATE_BASE=state, PYTHONUNBUFFERED="1")
+    try:
+        proc = _start(["--model", str(model_dir), "--port", str(port), "--haproxy", "--arg",
+                       "batch_wait_timeout_s=0.005"], env, tmp_path)
+        try:
+            (cfg,) = Path(state).rglob("haproxy.cfg")
+            assert f"bind 127.0.0.1:{port}" in cfg.read_text()
+            assert _haproxy_pids(state), "no HAProxy process runs on the generated config"
+            _answers_as_evaluate(url, model_dir)
+        finally:
+            out = _sigterm(proc, tmp_path)
+        assert f"at {url}/v1/predict (docs {url}/docs) through HAProxy" in out
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{url}/healthz", timeout=5)
+        deadline = time.monotonic() + 30
+        while _haproxy_pids(state) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not _haproxy_pids(state), "HAProxy outlived the endpoint"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
