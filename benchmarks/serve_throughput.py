@@ -9,7 +9,7 @@ Three numbers, same model (a random-init DeFakeNet saved as a model directory), 
 Prints served/raw and batched/unbatched and writes JSON.
 
     python benchmarks/serve_throughput.py                          # 64 px, concurrency 16, 400 requests
-    python benchmarks/serve_throughput.py --ingress haproxy           # through HAProxy, as `serve --haproxy`
+    python benchmarks/serve_throughput.py --ingress high-throughput   # as `defakenet serve --high-throughput`
     python benchmarks/serve_throughput.py --image-size 224 --requests 1000 --gpu
 
 Not a test: numbers depend on the machine. docs/benchmarks.md records what we measured.
@@ -39,7 +39,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import numpy as np  # noqa: E402
 
 
-INGRESS = ("proxy", "haproxy", "direct")
+INGRESS = ("proxy", "high-throughput", "direct")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,10 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica (torch threads follow)")
     p.add_argument("--ingress", choices=INGRESS, default="proxy",
-                   help="what the load goes through: Ray Serve's Python HTTP proxy (the default); HAProxy in front of "
-                        "the replicas' own ports (RAY_SERVE_ENABLE_HA_PROXY=1, what `defakenet serve --haproxy` "
-                        "starts); or straight to the one replica's port (RAY_SERVE_ENABLE_DIRECT_INGRESS=1, "
-                        "experimental, no balancer)")
+                   help="what the load goes through: Ray Serve's Python HTTP proxy (the default); Serve's "
+                        "high-throughput mode, HAProxy in front of the replicas' own ports (what `defakenet serve "
+                        "--high-throughput` starts); or straight to the one replica's port "
+                        "(RAY_SERVE_ENABLE_DIRECT_INGRESS=1, experimental, no balancer)")
     p.add_argument("--direct-ingress", dest="ingress", action="store_const", const="direct",
                    help="the same as --ingress direct")
     p.add_argument("--output", default="benchmarks/results/serve_throughput.json")
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
         raw = raw_images_per_s(model_dir, images, args.batch_size, args.gpu, max(1, int(args.replica_cpus)))
         print(f"raw batched forward (batch {args.batch_size}): {raw:.1f} img/s", flush=True)
 
-        from defakenet.serve import free_port, haproxy_env
+        from defakenet.serve import free_port, high_throughput_env
 
         proxy_port = port = free_port()
         if args.ingress == "direct":  # replicas take HTTP ports from a range starting here: the load goes there
@@ -206,8 +206,8 @@ def main(argv=None) -> int:
             os.environ.update({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
                                "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
                                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 50)})
-        elif args.ingress == "haproxy":  # HAProxy listens on proxy_port and forwards to the replicas' ports
-            os.environ.update(haproxy_env())
+        elif args.ingress == "high-throughput":  # HAProxy listens on proxy_port, forwards to the replicas' ports
+            os.environ.update(high_throughput_env())
         ray.init(include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
         batched = serve_and_measure(model_dir, images, args, args.batch_size, port)
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
               f"p50 {single['p50_ms']:.0f} ms  p99 {single['p99_ms']:.0f} ms  errors {single['errors']}", flush=True)
         serve.shutdown()
         ray.shutdown()
-        if args.ingress == "haproxy":
+        if args.ingress == "high-throughput":
             shutil.rmtree(os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
 
     result = {"image_size": args.image_size, "concurrency": args.concurrency, "batch_size": args.batch_size,

