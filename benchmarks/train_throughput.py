@@ -139,23 +139,26 @@ def ray_train(cfg: Config, manifest, args: argparse.Namespace) -> dict:
 
     need = cfg.resources.workers * cfg.resources.cpus_per_worker + 2
     ray.init(num_cpus=max(os.cpu_count() or 1, int(need)), include_dashboard=False, log_to_driver=False)
+    tmp = tempfile.TemporaryDirectory(prefix="defakenet-bench-")  # per-rank stats and Ray Train's run folder
     try:
-        out = tempfile.mkdtemp(prefix="defakenet-bench-")
+        out = Path(tmp.name, "stats")
+        out.mkdir()
         rows = manifest[manifest["split"] == "train"]
         trainer = TorchTrainer(
             _ray_worker,
-            train_loop_config={"config": cfg.to_dict(), "steps": args.steps, "warmup": args.warmup, "out": out},
+            train_loop_config={"config": cfg.to_dict(), "steps": args.steps, "warmup": args.warmup, "out": str(out)},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.resources.workers, use_gpu=args.gpu,
                 resources_per_worker={"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if args.gpu else {})}),
-            run_config=ray.train.RunConfig(name="throughput", storage_path=tempfile.mkdtemp(prefix="defakenet-bench-")),
+            run_config=ray.train.RunConfig(name="throughput", storage_path=str(Path(tmp.name, "runs"))),
             datasets={"train": build_dataset(rows, cfg, train=True)},
             dataset_config=dataset_config(eval_datasets=()),
         )
         trainer.fit()
-        per_rank = [json.loads(p.read_text()) for p in sorted(Path(out).glob("rank*.json"))]
+        per_rank = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
     finally:
         ray.shutdown()
+        tmp.cleanup()
     images = sum(r["images"] for r in per_rank)
     seconds = max(r["seconds"] for r in per_rank)
     return {"images": images, "seconds": seconds, "images_per_s": images / seconds,
@@ -166,6 +169,11 @@ def ray_train(cfg: Config, manifest, args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="defakenet-bench-data-") as tmp:  # the synthetic data, if made
+        return run(args, tmp)
+
+
+def run(args: argparse.Namespace, tmp: str) -> int:
     if args.loader_workers is None:
         args.loader_workers = max(0, (os.cpu_count() or 2) - 2) if args.gpu else 0
     if args.gpu and not torch.cuda.is_available():
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if root is None:
         from defakenet.data.synth import make_dataset
 
-        root = str(make_dataset(tempfile.mkdtemp(prefix="defakenet-bench-data-"), n=600, size=args.image_size))
+        root = str(make_dataset(tmp, n=600, size=args.image_size))
     elif not Path(root).is_dir():
         print(f"--data {root}: no such folder", file=sys.stderr)
         return 2

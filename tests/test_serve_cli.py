@@ -90,6 +90,13 @@ def test_port_in_use_is_one_line(model_dir, tmp_path):
     assert f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)" in err
 
 
+def test_high_throughput_without_haproxy_is_one_line(model_dir, tmp_path):
+    bad = tmp_path / "no-haproxy"
+    err = _one_line_error(_serve(["--model", str(model_dir), "--port", str(free_port()), "--high-throughput"],
+                                 _env(RAY_SERVE_HAPROXY_BINARY_PATH=str(bad)), cwd=tmp_path))
+    assert f"--high-throughput: RAY_SERVE_HAPROXY_BINARY_PATH='{bad}' does not point to an executable file" in err
+
+
 def _png(seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
