@@ -3,8 +3,9 @@
 Both sides train the same DeFakeNet (ResNet50V2) on the same images at the same resolution and batch size with
 the same augmentation, through the same `engine.train_one_epoch`; only the input pipeline and the process model
 differ. Each side runs a warm-up pass, then a timed pass (a new epoch) of --steps optimizer steps, by default one
-whole epoch; images/s counts images per second of the timed pass (data waits included, and printed). Prints the
-ratio ray/plain and writes JSON.
+whole epoch; images/s counts images per second of the timed pass (data waits included, and printed). The two
+sides run alternately --repeats times (a fresh Ray instance each time); prints each pair's ratio ray/plain, their
+median (the result) and the ratio of all images over all seconds, and writes JSON.
 
     python benchmarks/train_throughput.py                                   # CPU: synthetic 64 px, 1 worker
     python benchmarks/train_throughput.py --data ../shared/datasets/faces-140k-sample --image-size 128
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=0,
                    help="timed optimizer steps per side (default 0: one whole epoch of the train split)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (per side)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="plain/Ray pairs, run alternately (default 3): the reported ratio is the pairs' median, as "
+                        "one pass on a shared machine swings by 10 %%")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (the plain loop is always one process)")
     p.add_argument("--gpu", action="store_true", help="CUDA, bf16 autocast and channels_last on both sides")
     p.add_argument("--loader-workers", type=int, default=None,
@@ -199,18 +204,29 @@ def run(args: argparse.Namespace, tmp: str) -> int:
     print(f"data {root}: {n_train} train images; {args.image_size} px, batch {args.batch_size}, "
           f"{args.warmup} warm-up + {args.steps} timed steps, {'GPU' if args.gpu else f'{os.cpu_count()} CPU cores'}, "
           f"plain loop with {args.loader_workers} loader worker(s)")
+    if args.repeats < 1:
+        print(f"--repeats {args.repeats}: expected 1 or more", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
-    plain = plain_loop(cfg, manifest, args)
-    print(f"plain PyTorch loop:     {plain['images_per_s']:8.1f} img/s  (waited {plain['data_wait_s']:.1f} of "
-          f"{plain['seconds']:.1f} s for data)")
-    ray_stats = ray_train(cfg, manifest, args)
-    print(f"Ray Train + Ray Data:   {ray_stats['images_per_s']:8.1f} img/s  ({args.workers} worker(s), "
-          f"{ray_stats['images_per_s_per_worker']:.1f} img/s per worker; waited {ray_stats['data_wait_s']:.1f} of "
-          f"{ray_stats['seconds']:.1f} s for data, {ray_stats['first_batch_s']:.1f} s for the first batch)")
-    ratio = ray_stats["images_per_s"] / plain["images_per_s"]
-    print(f"ratio ray/plain:        {ratio:8.3f}")
+    pairs = []
+    for r in range(1, args.repeats + 1):
+        plain = plain_loop(cfg, manifest, args)
+        print(f"[{r}/{args.repeats}] plain PyTorch loop:     {plain['images_per_s']:8.1f} img/s  (waited "
+              f"{plain['data_wait_s']:.1f} of {plain['seconds']:.1f} s for data)", flush=True)
+        ray_stats = ray_train(cfg, manifest, args)
+        print(f"[{r}/{args.repeats}] Ray Train + Ray Data:   {ray_stats['images_per_s']:8.1f} img/s  ({args.workers} "
+              f"worker(s), {ray_stats['images_per_s_per_worker']:.1f} img/s per worker; waited "
+              f"{ray_stats['data_wait_s']:.1f} of {ray_stats['seconds']:.1f} s for data, "
+              f"{ray_stats['first_batch_s']:.1f} s for the first batch)", flush=True)
+        pairs.append({"plain": plain, "ray": ray_stats, "ratio": ray_stats["images_per_s"] / plain["images_per_s"]})
+    ratios = sorted(p["ratio"] for p in pairs)
+    ratio = float(statistics.median(ratios))
+    pooled = (sum(p["ray"]["images"] for p in pairs) / sum(p["ray"]["seconds"] for p in pairs)) / (
+        sum(p["plain"]["images"] for p in pairs) / sum(p["plain"]["seconds"] for p in pairs))
+    print(f"ratio ray/plain:        {ratio:8.3f}  (median of {len(pairs)} pair(s): "
+          f"{', '.join(f'{x:.3f}' for x in ratios)}; all images over all seconds {pooled:.3f})")
     result = {
-        "benchmark": "train_throughput", "ratio": ratio, "plain": plain, "ray": ray_stats,
+        "benchmark": "train_throughput", "ratio": ratio, "ratio_pooled": pooled, "pairs": pairs,
         "settings": {k: v for k, v in vars(args).items() if k != "output"} | {"data": root},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name() if args.gpu else None},

@@ -52,7 +52,7 @@ cp "$WORK"/home/runs/gpu-check/report/metrics.json "$OUT/train-metrics.json" 2>/
 step evaluate 300 $PY -m defakenet evaluate --model models:/defakenet/1 --data "$WORK/data" --gpu \
     --tracking-uri "sqlite:///$WORK/home/mlflow.db" --output "$WORK/eval"
 step train-bench 480 $PY benchmarks/train_throughput.py --gpu --data "$WORK/data" --image-size 224 \
-    --batch-size 64 --output "$OUT/train_throughput.json"
+    --batch-size 64 --repeats 1 --output "$OUT/train_throughput.json"
 step serve-bench 480 $PY benchmarks/serve_throughput.py --gpu --image-size 224 --requests 1000 \
     --output "$OUT/serve_throughput.json"
 echo "=== summary"
