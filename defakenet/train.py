@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -78,6 +79,24 @@ def _fmt_eta(seconds: float) -> str:
 # ---- the worker
 
 
+CKPT_PREFIX = "defakenet-ckpt-"
+
+
+def sweep_checkpoint_dirs(tmp_root: str | None = None) -> list[Path]:
+    """Remove the checkpoint staging folders (CKPT_PREFIX + PID-…) of processes that are gone; the removed ones.
+
+    Rank 0 writes each epoch's checkpoint to a temp folder before Ray Train copies it to storage; a worker killed
+    in between (the case fault tolerance exists for) leaves it behind, up to a model plus optimizer state."""
+    removed = []
+    for d in Path(tmp_root or tempfile.gettempdir()).glob(f"{CKPT_PREFIX}*-*"):
+        pid = d.name[len(CKPT_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists() or not Path("/proc").is_dir():
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
 def train_func_per_worker(config: dict) -> None:
     """One data-parallel worker: resume from Ray's latest checkpoint if any, then train and validate per epoch."""
     import ray.train
@@ -93,6 +112,8 @@ def train_func_per_worker(config: dict) -> None:
     channels_last = cfg.train.channels_last and device.type == "cuda"
     torch.manual_seed(cfg.train.seed)
 
+    if rank == 0:
+        sweep_checkpoint_dirs()
     model = build_model(cfg)
     start_epoch, best_auc, stale, state = 1, -1.0, 0, None
     checkpoint = ray.train.get_checkpoint()
@@ -169,7 +190,7 @@ def train_func_per_worker(config: dict) -> None:
         best_auc, stale = (metrics[SCORE], 0) if improved else (best_auc, stale + 1)
         stop = bool(cfg.train.patience) and stale >= cfg.train.patience
         metrics["patience_stop"] = int(stop)
-        with tempfile.TemporaryDirectory(prefix="defakenet-ckpt-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"{CKPT_PREFIX}{os.getpid()}-") as tmp:
             ckpt = None
             if rank == 0:
                 save_model(tmp, plain, cfg, {"epoch": epoch, SCORE: metrics[SCORE]})

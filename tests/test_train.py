@@ -101,3 +101,24 @@ def test_gpu_request_without_gpus(ray_session, capsys):
     check_gpus(0.5, local=False)
     assert capsys.readouterr().out == (
         "defakenet: --gpu: 0.5 GPU(s) needed, this Ray cluster has 0 now; waiting for the cluster to add GPU nodes\n")
+
+
+def test_sweep_removes_checkpoint_folders_of_dead_processes_only(tmp_path):
+    """A worker killed between writing a checkpoint and Ray Train copying it leaves its staging folder; the next
+    rank 0 removes it, and leaves folders of live processes and anything else alone."""
+    import os
+    import subprocess
+
+    from defakenet.train import CKPT_PREFIX, sweep_checkpoint_dirs
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tmp_path / f"{CKPT_PREFIX}{gone.pid}-x1"
+    (dead / "sub").mkdir(parents=True)
+    (dead / "sub" / "model.safetensors").write_bytes(b"0" * 1024)
+    live = tmp_path / f"{CKPT_PREFIX}{os.getpid()}-x2"
+    live.mkdir()
+    other = tmp_path / f"{CKPT_PREFIX}abc_12"  # not ours to judge: no PID in the name
+    other.mkdir()
+    assert sweep_checkpoint_dirs(str(tmp_path)) == [dead]
+    assert not dead.exists() and live.is_dir() and other.is_dir()
