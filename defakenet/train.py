@@ -87,10 +87,12 @@ def sweep_checkpoint_dirs(tmp_root: str | None = None) -> list[Path]:
 
     Rank 0 writes each epoch's checkpoint to a temp folder before Ray Train copies it to storage; a worker killed
     in between (the case fault tolerance exists for) leaves it behind, up to a model plus optimizer state."""
-    removed = []
+    removed: list[Path] = []
+    if not Path("/proc").is_dir():  # no way to tell a live PID here: leave everything
+        return removed
     for d in Path(tmp_root or tempfile.gettempdir()).glob(f"{CKPT_PREFIX}*-*"):
         pid = d.name[len(CKPT_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or Path(f"/proc/{pid}").exists() or not Path("/proc").is_dir():
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
             continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d)
