@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from output import own_output
 
 from defakenet.cli import build_parser, main
 
@@ -33,7 +34,7 @@ def test_train_flags_come_from_config(capsys):
 
 def _err(capsys, argv):
     code = main(argv)
-    err = capsys.readouterr().err
+    err = own_output(capsys.readouterr().err)
     return code, err
 
 

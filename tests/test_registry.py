@@ -11,6 +11,7 @@ import json
 import uuid
 
 import pytest
+from output import own_output
 
 from defakenet import registry, tracking
 from defakenet.cli import build_parser, main
@@ -59,7 +60,7 @@ def _cli(capsys, *argv):
     capsys.readouterr()  # drop what came before (mlflow's own log lines)
     code = main(list(argv))
     out, err = capsys.readouterr()
-    return code, out, err
+    return code, out, own_output(err)
 
 
 def _one_line_error(err: str) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import requests
 from mlflow_server import free_port
+from output import own_output
 from PIL import Image
 
 from defakenet import registry
@@ -229,7 +230,7 @@ def test_predict_cli_prints_one_line_per_image(served, tmp_path, capsys):
     want = _offline(served["dirs"][1], [p.read_bytes() for p in paths])
     capsys.readouterr()
     code = main(["predict", *map(str, paths), str(bad), "--url", served["url"]])
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = own_output(capsys.readouterr().out).strip().splitlines()
     assert code == 1 and len(lines) == 4  # one refused image: exit 1, the others still printed
     for line, path, p in zip(lines, paths, want):
         assert line.startswith(f"{path}  {'fake' if p >= 0.5 else 'real'}  p_fake={p:.4f}  threshold=0.5000")
@@ -243,7 +244,7 @@ def test_predict_cli_without_endpoint_is_one_line_error(tmp_path, capsys):
     img.write_bytes(_bytes(_image(90), "PNG"))
     url = f"http://127.0.0.1:{free_port()}"
     code = main(["predict", str(img), "--url", url])
-    err = capsys.readouterr().err
+    err = own_output(capsys.readouterr().err)
     assert code == 2 and err.startswith(f"defakenet: error: no defakenet endpoint answers at {url}")
     assert len(err.strip().splitlines()) == 1
 

@@ -5,6 +5,7 @@ import json
 import tempfile
 
 import pytest
+from output import own_output
 
 from defakenet import tracking
 from defakenet.artifact import load_model
@@ -99,7 +100,7 @@ def test_gpu_request_without_gpus(ray_session, capsys):
         check_gpus(2, local=True)
     # a cluster may still add GPU nodes: a note, not an error
     check_gpus(0.5, local=False)
-    assert capsys.readouterr().out == (
+    assert own_output(capsys.readouterr().out) == (
         "defakenet: --gpu: 0.5 GPU(s) needed, this Ray cluster has 0 now; waiting for the cluster to add GPU nodes\n")
 
 
