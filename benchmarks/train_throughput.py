@@ -141,9 +141,12 @@ def ray_train(cfg: Config, manifest, args: argparse.Namespace) -> dict:
     from ray.train.torch import TorchTrainer
 
     from defakenet.data.pipeline import build_dataset, dataset_config
+    from defakenet.train import local_ray_system_config
 
     need = cfg.resources.workers * cfg.resources.cpus_per_worker + 2
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(need)), include_dashboard=False, log_to_driver=False)
+    # started as `defakenet train` starts a local instance, with Ray's background work turned down
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(need)), include_dashboard=False, log_to_driver=False,
+             _system_config=local_ray_system_config())
     tmp = tempfile.TemporaryDirectory(prefix="defakenet-bench-")  # per-rank stats and Ray Train's run folder
     try:
         out = Path(tmp.name, "stats")

@@ -260,6 +260,22 @@ def _epoch_logger(tracking_uri: str, run_id: str):
 # ---- the driver
 
 
+# How defakenet starts a local Ray instance (a throwaway one on the driver's machine, which only this run uses).
+# worker_niceness 0: Ray starts its workers at nice 15, below its own daemons (raylet, GCS, dashboard and runtime-env
+# agents, log monitor) at 0; on a machine whose cores the model's threads fill, every daemon wake-up then preempts
+# one of torch's OpenMP threads and the other waits at the next barrier. At 0 the training worker gets the share a
+# plain PyTorch process gets. The rest turns Ray's background work down: no metrics export (nothing scrapes this
+# instance), no per-event stats, no workers prestarted to sit idle. docs/benchmarks.md has the measurements. A
+# cluster keeps its own settings; a RAY_<key> variable set in the environment wins over these.
+LOCAL_RAY_SYSTEM_CONFIG = {"worker_niceness": 0, "enable_metrics_collection": False, "event_stats": False,
+                           "metrics_report_interval_ms": 60_000, "enable_worker_prestart": False}
+
+
+def local_ray_system_config(environ=os.environ) -> dict:
+    """LOCAL_RAY_SYSTEM_CONFIG less the keys the environment sets (RAY_<key>), for ray.init(_system_config=...)."""
+    return {k: v for k, v in LOCAL_RAY_SYSTEM_CONFIG.items() if f"RAY_{k}" not in environ}
+
+
 def init_ray(cfg: Config, address: str | None = None, cpus: int = 0) -> None:
     """Connect to a cluster (`address`, $RAY_ADDRESS) or start a local instance of at least `cpus` logical CPUs
     (default: sized for one training run + decoding); then `check_gpus` for resources.use_gpu."""
@@ -285,7 +301,7 @@ def init_ray(cfg: Config, address: str | None = None, cpus: int = 0) -> None:
         need = cpus or int(cfg.resources.workers * cfg.resources.cpus_per_worker) + 2
         # the dashboard serves the state API, which Ray Train's placement-group cleaner polls: keep it, on loopback
         ray.init(num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, include_dashboard=True,
-                 dashboard_host="127.0.0.1", log_to_driver=True)
+                 dashboard_host="127.0.0.1", log_to_driver=True, _system_config=local_ray_system_config())
     check_gpus(cfg.resources.workers if cfg.resources.use_gpu else 0, local=not address)
 
 

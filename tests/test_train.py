@@ -2,6 +2,7 @@
 `mlflow server`, registers a version, and `defakenet evaluate` of that version reproduces the logged test metrics."""
 
 import json
+import os
 import tempfile
 
 import pytest
@@ -123,3 +124,32 @@ def test_sweep_removes_checkpoint_folders_of_dead_processes_only(tmp_path):
     other.mkdir()
     assert sweep_checkpoint_dirs(str(tmp_path)) == [dead]
     assert not dead.exists() and live.is_dir() and other.is_dir()
+
+
+def test_local_ray_runs_lean_unless_the_environment_says_otherwise(tmp_path):
+    """A local instance started by defakenet runs its workers at the driver's priority and turns Ray's background
+    work down; every key is one Ray 2.60 accepts (an unknown one would stop the raylet) and reaches the workers,
+    and a RAY_<key> the user set wins."""
+    import subprocess
+    import sys
+
+    from defakenet.train import LOCAL_RAY_SYSTEM_CONFIG, local_ray_system_config
+
+    assert local_ray_system_config({}) == LOCAL_RAY_SYSTEM_CONFIG
+    kept = local_ray_system_config({"RAY_enable_metrics_collection": "1", "RAY_EVENT_STATS": "1"})
+    assert "enable_metrics_collection" not in kept and kept["event_stats"] is False
+
+    script = tmp_path / "lean.py"
+    script.write_text(
+        "import ray\n"
+        "from defakenet.train import local_ray_system_config\n"
+        "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,"
+        " _system_config=local_ray_system_config())\n"
+        "import os\n"
+        "print(ray.get(ray.remote(lambda: (os.nice(0), ray._config.metrics_report_interval_ms())).remote()))\n"
+        "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # workers at the daemons' priority (Ray's default puts them at nice 15), metrics reported once a minute
+    assert proc.stdout.strip().splitlines()[-1] == f"({os.nice(0)}, 60000)", proc.stdout
