@@ -141,11 +141,11 @@ def test_local_ray_runs_lean_unless_the_environment_says_otherwise(tmp_path):
 
     script = tmp_path / "lean.py"
     script.write_text(
+        "import os\n"
         "import ray\n"
         "from defakenet.train import local_ray_system_config\n"
         "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,"
         " _system_config=local_ray_system_config())\n"
-        "import os\n"
         "print(ray.get(ray.remote(lambda: (os.nice(0), ray._config.metrics_report_interval_ms())).remote()))\n"
         "ray.shutdown()\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
