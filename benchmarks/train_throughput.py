@@ -11,6 +11,10 @@ median (the result) and the ratio of all images over all seconds, and writes JSO
     python benchmarks/train_throughput.py --data ../shared/datasets/faces-140k-sample --image-size 128
     python benchmarks/train_throughput.py --gpu --image-size 224 --batch-size 64 --workers 1   # per GPU, AMP
 
+On CPU both sides run with the malloc settings `defakenet train` gives its CPU workers
+(`defakenet.train.CPU_MALLOC_ENV`: the benchmark restarts itself with them, so the plain loop has them from its
+first allocation); `--default-malloc` runs both sides on glibc's defaults instead.
+
 Not a test: numbers depend on the machine. docs/benchmarks.md records what we measured.
 """
 
@@ -53,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loader-workers", type=int, default=None,
                    help="DataLoader worker processes of the plain loop (default: 0 on CPU, where decoding inline "
                         "leaves the cores to the model; with --gpu all cores but two)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="CPU: both sides on glibc's default malloc, not the settings defakenet gives its CPU workers")
     p.add_argument("--output", default="benchmarks/results/train_throughput.json")
     return p.parse_args(argv)
 
@@ -141,7 +147,7 @@ def ray_train(cfg: Config, manifest, args: argparse.Namespace) -> dict:
     from ray.train.torch import TorchTrainer
 
     from defakenet.data.pipeline import build_dataset, dataset_config
-    from defakenet.train import local_ray_system_config
+    from defakenet.train import local_ray_system_config, training_worker_env
 
     need = cfg.resources.workers * cfg.resources.cpus_per_worker + 2
     # started as `defakenet train` starts a local instance, with Ray's background work turned down
@@ -158,7 +164,8 @@ def ray_train(cfg: Config, manifest, args: argparse.Namespace) -> dict:
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.resources.workers, use_gpu=args.gpu,
                 resources_per_worker={"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if args.gpu else {})}),
-            run_config=ray.train.RunConfig(name="throughput", storage_path=str(Path(tmp.name, "runs"))),
+            run_config=ray.train.RunConfig(name="throughput", storage_path=str(Path(tmp.name, "runs")),
+                                           worker_runtime_env={"env_vars": training_worker_env(cfg)}),
             datasets={"train": build_dataset(rows, cfg, train=True)},
             dataset_config=dataset_config(eval_datasets=()),
         )
@@ -175,8 +182,34 @@ def ray_train(cfg: Config, manifest, args: argparse.Namespace) -> dict:
             "first_batch_s": max(r["first_batch_s"] for r in per_rank)}
 
 
+def same_malloc_as_workers(args: argparse.Namespace, *, restart: bool) -> str:
+    """Give this process (the plain loop) the malloc settings of defakenet's CPU training workers, or glibc's
+    defaults to both sides with --default-malloc; returns which. glibc reads them once, at start: so restart with
+    them (`restart`: run as a script), then drop them from the environment, so that Ray's daemons and decode
+    workers start as `defakenet train` starts them and only the training worker gets them."""
+    from defakenet.train import CPU_MALLOC_ENV
+
+    if args.gpu:
+        return "GPU run, as is"
+    if os.environ.get("DEFAKENET_BENCH_MALLOC") == "1":  # restarted: the plain loop has the workers' settings
+        for k in ("DEFAKENET_BENCH_MALLOC", *CPU_MALLOC_ENV):
+            os.environ.pop(k, None)
+        return "both sides as defakenet's CPU workers"
+    mine = {k: v for k, v in os.environ.items() if k in ("GLIBC_TUNABLES", *CPU_MALLOC_ENV)}
+    if mine:
+        return f"both sides {mine} (set here)"
+    if args.default_malloc or not restart or platform.system() != "Linux":
+        os.environ["MALLOC_ARENA_MAX"] = ""  # set: the Ray workers get glibc's defaults, as this process has them
+        return "both sides glibc defaults"
+    sys.stdout.flush()
+    env = {**os.environ, **CPU_MALLOC_ENV, "DEFAKENET_BENCH_MALLOC": "1"}
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    raise AssertionError("unreachable")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.malloc = same_malloc_as_workers(args, restart=argv is None)
     with tempfile.TemporaryDirectory(prefix="defakenet-bench-data-") as tmp:  # the synthetic data, if made
         return run(args, tmp)
 
@@ -206,7 +239,8 @@ def run(args: argparse.Namespace, tmp: str) -> int:
         return 2
     print(f"data {root}: {n_train} train images; {args.image_size} px, batch {args.batch_size}, "
           f"{args.warmup} warm-up + {args.steps} timed steps, {'GPU' if args.gpu else f'{os.cpu_count()} CPU cores'}, "
-          f"plain loop with {args.loader_workers} loader worker(s)")
+          f"plain loop with {args.loader_workers} loader worker(s), "
+          f"malloc: {args.malloc}")
     if args.repeats < 1:
         print(f"--repeats {args.repeats}: expected 1 or more", file=sys.stderr)
         return 2

@@ -271,6 +271,23 @@ LOCAL_RAY_SYSTEM_CONFIG = {"worker_niceness": 0, "enable_metrics_collection": Fa
                            "metrics_report_interval_ms": 60_000, "enable_worker_prestart": False}
 
 
+# CPU training workers keep the memory torch frees (glibc malloc: no mmap, no trimming, one arena, so the training
+# thread Ray Train runs the loop in allocates from the main heap too) instead of handing it back to the kernel and
+# faulting it in again on the next step. With glibc's defaults a ResNet50V2 step at 224 px, batch 32 unmaps and
+# re-faults ~5 GB (1.3 M page faults per step; 20-90 k with these), and the step runs ~25 % slower on 2 cores
+# (docs/benchmarks.md). glibc's single-variable aliases of its tunables, not GLIBC_TUNABLES: Ray's worker start-up
+# cuts an env value at its first ":". Any of these or GLIBC_TUNABLES set in the environment: left alone (set
+# MALLOC_ARENA_MAX= empty for glibc's defaults); other C libraries ignore them.
+CPU_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "17179869184", "MALLOC_ARENA_MAX": "1"}
+
+
+def training_worker_env(cfg: Config, environ=os.environ) -> dict:
+    """Environment variables for the Ray Train workers (RunConfig.worker_runtime_env): CPU_MALLOC_ENV on CPU."""
+    if cfg.resources.use_gpu or any(k in environ for k in ("GLIBC_TUNABLES", *CPU_MALLOC_ENV)):
+        return {}
+    return dict(CPU_MALLOC_ENV)
+
+
 def local_ray_system_config(environ=os.environ) -> dict:
     """LOCAL_RAY_SYSTEM_CONFIG less the keys the environment sets (RAY_<key>), for ray.init(_system_config=...)."""
     return {k: v for k, v in LOCAL_RAY_SYSTEM_CONFIG.items() if f"RAY_{k}" not in environ}
@@ -354,7 +371,7 @@ def make_trainer(cfg: Config, manifest, *, callbacks: list) -> TorchTrainer:
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.resources.max_failures),
-            callbacks=callbacks,
+            callbacks=callbacks, worker_runtime_env={"env_vars": training_worker_env(cfg)},
         ),
         datasets={"train": build_dataset(train_rows, cfg, train=True),
                   "valid": build_dataset(manifest[manifest["split"] == "valid"], cfg, train=False)},

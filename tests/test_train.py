@@ -153,3 +153,35 @@ def test_local_ray_runs_lean_unless_the_environment_says_otherwise(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     # workers at the daemons' priority (Ray's default puts them at nice 15), metrics reported once a minute
     assert proc.stdout.strip().splitlines()[-1] == f"({os.nice(0)}, 60000)", proc.stdout
+
+
+def test_cpu_training_workers_start_with_the_malloc_settings(ray_session, tmp_path):
+    """On CPU, Ray Train workers are started (exec'd) with CPU_MALLOC_ENV in their environment, where glibc reads
+    it once (whole: Ray cut a GLIBC_TUNABLES value at its first ":"); GPU runs and a GLIBC_TUNABLES the user set are left alone. docs/benchmarks.md has what the
+    settings buy (page faults per step, images/s)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from defakenet.config import Config
+    from defakenet.train import CPU_MALLOC_ENV, training_worker_env
+
+    cfg = Config()
+    assert training_worker_env(cfg, {}) == CPU_MALLOC_ENV
+    assert training_worker_env(cfg.replace(**{"resources.use_gpu": True}), {}) == {}
+    assert training_worker_env(cfg, {"GLIBC_TUNABLES": ""}) == training_worker_env(cfg, {"MALLOC_ARENA_MAX": ""}) == {}
+
+    def exec_environment(config):
+        # /proc/self/environ is the environment the process was exec'd with, the one glibc read
+        with open("/proc/self/environ", "rb") as f:
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        with open(config["out"], "w") as f:
+            json.dump({k: env.get(k.encode(), b"<unset>").decode() for k in config["keys"]}, f)
+
+    out = tmp_path / "malloc.json"
+    TorchTrainer(
+        exec_environment, train_loop_config={"out": str(out), "keys": list(CPU_MALLOC_ENV)},
+        scaling_config=ray.train.ScalingConfig(num_workers=1),
+        run_config=ray.train.RunConfig(name="malloc", storage_path=str(tmp_path),
+                                       worker_runtime_env={"env_vars": training_worker_env(cfg, {})}),
+    ).fit()
+    assert json.loads(out.read_text()) == CPU_MALLOC_ENV
