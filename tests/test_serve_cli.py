@@ -121,18 +121,22 @@ def _start(args: list[str], env: dict[str, str], tmp_path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "defakenet", "serve", *args], env=env, cwd=tmp_path, stdout=log,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
-        try:
-            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return proc
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("endpoint not ready in 180 s: " + (tmp_path / "serve.log").read_text()[-3000:])
-        time.sleep(1)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
+            try:
+                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    return proc
+            except requests.RequestException:  # not listening yet, or too busy starting to answer in 5 s
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("endpoint not ready in 180 s: " + (tmp_path / "serve.log").read_text()[-3000:])
+            time.sleep(1)
+    except BaseException:
+        proc.kill()  # a failed start leaves no server (and its Ray instance) running through the rest of the suite
+        proc.wait()
+        raise
 
 
 def _answers_as_evaluate(url: str, model_dir) -> None:
