@@ -219,3 +219,24 @@ def test_torch_trainer_workers_share_the_splits(ray_local, manifest, tmp_path):
     assert metrics["train_sums"][0] != metrics["train_sums"][1]  # epoch 2 is not a replay of epoch 1
     assert metrics["valid_total"] == len(valid)
     assert metrics["valid_fake"] == float(valid["label"].sum())
+
+
+@pytest.mark.parametrize("split_eval", [True, False])
+def test_ingest_options_carry_the_data_context_without_a_deprecation_warning(split_eval):
+    import copy
+    import warnings
+
+    from ray.data import ExecutionResources
+
+    ctx = DataContext.get_current()
+    saved = ctx.execution_options
+    ctx.execution_options = copy.deepcopy(saved)
+    ctx.execution_options.resource_limits = ExecutionResources(cpu=3)
+    ctx.execution_options.preserve_order = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Ray's own default_ingest_options warns on every run (exclude_resources)
+            opts = dataset_config(split_eval=split_eval).default_ingest_options()
+    finally:
+        ctx.execution_options = saved
+    assert opts.resource_limits.cpu == 3 and opts.preserve_order is True

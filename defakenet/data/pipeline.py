@@ -161,7 +161,7 @@ def dataset_config(eval_datasets: Sequence[str] = EVAL_DATASETS, *, split_eval: 
     if split_eval:
         return _SplitEvalDataConfig(eval_datasets)
     options = {name: _ordered_options() for name in eval_datasets}
-    return ray.train.DataConfig(datasets_to_split=["train"], execution_options=options)
+    return _IngestDataConfig(datasets_to_split=["train"], execution_options=options)
 
 
 def gather_predictions(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -297,12 +297,32 @@ def _find_data_error(e: BaseException) -> DataError | None:
 
 
 def _ordered_options():
-    opts = ray.train.DataConfig.default_ingest_options()
+    opts = _IngestDataConfig.default_ingest_options()
     opts.preserve_order = True
     return opts
 
 
-class _SplitEvalDataConfig(ray.train.DataConfig):
+class _IngestDataConfig(ray.train.DataConfig):
+    """ray.train.DataConfig without a deprecation warning on every run.
+
+    Ray 2.60's default_ingest_options() hands DataContext's `exclude_resources` (deprecated, zero unless set)
+    back to ExecutionOptions, which prints a RayDeprecationWarning from the dataset manager on every training run.
+    This carries over the same options from DataContext, less that one.
+    """
+
+    @staticmethod
+    def default_ingest_options():
+        from ray.data import ExecutionOptions
+
+        current = DataContext.get_current().execution_options
+        return ExecutionOptions(
+            resource_limits=current.resource_limits,
+            preserve_order=current.preserve_order,
+            verbose_progress=current.verbose_progress,
+        )
+
+
+class _SplitEvalDataConfig(_IngestDataConfig):
     """Splits every dataset; the eval datasets with equal=False, so no validation row is dropped."""
 
     def __init__(self, eval_datasets: Iterable[str]):
