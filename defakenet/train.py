@@ -281,11 +281,19 @@ LOCAL_RAY_SYSTEM_CONFIG = {"worker_niceness": 0, "enable_metrics_collection": Fa
 CPU_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "17179869184", "MALLOC_ARENA_MAX": "1"}
 
 
+# Every training worker: print() as Python has it. Ray Train V2 (Ray 2.60) replaces print() in its workers with one
+# that logs through Train's logger and, as sys.stdout is not sys.__stdout__ in a Ray worker, also prints the line
+# itself: every epoch line reached the driver twice, once on stdout and once on stderr. Set in the environment: wins.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
 def training_worker_env(cfg: Config, environ=os.environ) -> dict:
-    """Environment variables for the Ray Train workers (RunConfig.worker_runtime_env): CPU_MALLOC_ENV on CPU."""
-    if cfg.resources.use_gpu or any(k in environ for k in ("GLIBC_TUNABLES", *CPU_MALLOC_ENV)):
-        return {}
-    return dict(CPU_MALLOC_ENV)
+    """Environment variables for the Ray Train workers (RunConfig.worker_runtime_env): WORKER_ENV, plus
+    CPU_MALLOC_ENV on CPU; a variable the environment already sets is left to it."""
+    env = {k: v for k, v in WORKER_ENV.items() if k not in environ}
+    if not cfg.resources.use_gpu and not any(k in environ for k in ("GLIBC_TUNABLES", *CPU_MALLOC_ENV)):
+        env.update(CPU_MALLOC_ENV)
+    return env
 
 
 def local_ray_system_config(environ=os.environ) -> dict:

@@ -157,18 +157,21 @@ def test_local_ray_runs_lean_unless_the_environment_says_otherwise(tmp_path):
 
 def test_cpu_training_workers_start_with_the_malloc_settings(ray_session, tmp_path):
     """On CPU, Ray Train workers are started (exec'd) with CPU_MALLOC_ENV in their environment, where glibc reads
-    it once (whole: Ray cut a GLIBC_TUNABLES value at its first ":"); GPU runs and a GLIBC_TUNABLES the user set are left alone. docs/benchmarks.md has what the
-    settings buy (page faults per step, images/s)."""
+    it once (whole: Ray cut a GLIBC_TUNABLES value at its first ":"); GPU runs and a GLIBC_TUNABLES the user set
+    are left alone. docs/benchmarks.md has what the settings buy (page faults per step, images/s). Every worker
+    gets WORKER_ENV (Ray Train's print patch off: it printed each epoch line twice)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from defakenet.config import Config
-    from defakenet.train import CPU_MALLOC_ENV, training_worker_env
+    from defakenet.train import CPU_MALLOC_ENV, WORKER_ENV, training_worker_env
 
     cfg = Config()
-    assert training_worker_env(cfg, {}) == CPU_MALLOC_ENV
-    assert training_worker_env(cfg.replace(**{"resources.use_gpu": True}), {}) == {}
-    assert training_worker_env(cfg, {"GLIBC_TUNABLES": ""}) == training_worker_env(cfg, {"MALLOC_ARENA_MAX": ""}) == {}
+    assert training_worker_env(cfg, {}) == {**WORKER_ENV, **CPU_MALLOC_ENV}
+    assert training_worker_env(cfg.replace(**{"resources.use_gpu": True}), {}) == WORKER_ENV
+    assert training_worker_env(cfg, {"GLIBC_TUNABLES": ""}) == training_worker_env(cfg, {"MALLOC_ARENA_MAX": ""}) \
+        == WORKER_ENV
+    assert training_worker_env(cfg, {"RAY_TRAIN_ENABLE_PRINT_PATCH": "1"}) == CPU_MALLOC_ENV
 
     def exec_environment(config):
         # /proc/self/environ is the environment the process was exec'd with, the one glibc read
@@ -179,9 +182,9 @@ def test_cpu_training_workers_start_with_the_malloc_settings(ray_session, tmp_pa
 
     out = tmp_path / "malloc.json"
     TorchTrainer(
-        exec_environment, train_loop_config={"out": str(out), "keys": list(CPU_MALLOC_ENV)},
+        exec_environment, train_loop_config={"out": str(out), "keys": [*WORKER_ENV, *CPU_MALLOC_ENV]},
         scaling_config=ray.train.ScalingConfig(num_workers=1),
         run_config=ray.train.RunConfig(name="malloc", storage_path=str(tmp_path),
                                        worker_runtime_env={"env_vars": training_worker_env(cfg, {})}),
     ).fit()
-    assert json.loads(out.read_text()) == CPU_MALLOC_ENV
+    assert json.loads(out.read_text()) == {**WORKER_ENV, **CPU_MALLOC_ENV}
