@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -14,7 +16,7 @@ import pytest  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from ray.data import DataContext  # noqa: E402
+from ray.data import DataContext, ExecutionResources  # noqa: E402
 
 from defakenet.config import Config  # noqa: E402
 from defakenet.data.augment import Preprocess  # noqa: E402
@@ -223,11 +225,6 @@ def test_torch_trainer_workers_share_the_splits(ray_local, manifest, tmp_path):
 
 @pytest.mark.parametrize("split_eval", [True, False])
 def test_ingest_options_carry_the_data_context_without_a_deprecation_warning(split_eval):
-    import copy
-    import warnings
-
-    from ray.data import ExecutionResources
-
     ctx = DataContext.get_current()
     saved = ctx.execution_options
     ctx.execution_options = copy.deepcopy(saved)

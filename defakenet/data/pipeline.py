@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 import ray
 import ray.data
 import ray.train
-from ray.data import DataContext, RandomSeedConfig, TaskPoolStrategy
+from ray.data import DataContext, ExecutionOptions, RandomSeedConfig, TaskPoolStrategy
 
 from defakenet.config import AugmentConfig, Config, DataConfig
 from defakenet.data.image import decode_rgb
@@ -312,8 +312,6 @@ class _IngestDataConfig(ray.train.DataConfig):
 
     @staticmethod
     def default_ingest_options():
-        from ray.data import ExecutionOptions
-
         current = DataContext.get_current().execution_options
         return ExecutionOptions(
             resource_limits=current.resource_limits,
