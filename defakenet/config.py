@@ -80,6 +80,8 @@ class TrainConfig:
     threshold_method: str = _f("youden", "how the decision threshold is chosen on valid: youden, fpr or eer")
     target_fpr: float = _f(0.05, "false-positive rate targeted by threshold_method=fpr")
     max_steps: int = _f(0, "stop each epoch after this many steps (smoke runs); 0 = full epochs")
+    log_level: str = _f("WARNING", "Ray Train's console messages: WARNING = problems only; INFO adds its per-report "
+                                   "and restart lines (its log files under /tmp/ray keep every level)")
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,7 @@ _CHOICES = {
     "optim.name": ("adamw", "sgd"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.threshold_method": ("youden", "fpr", "eer"),
+    "train.log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
     "resources.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
     "tune.search": ("optuna", "random"),
 }

@@ -99,6 +99,19 @@ def sweep_checkpoint_dirs(tmp_root: str | None = None) -> list[Path]:
     return removed
 
 
+def quiet_train_loggers(level: str) -> list[str]:
+    """Give `level` to Ray Train's loggers that LoggingConfig misses: Ray 2.60 names some by their file path
+    (`logging.getLogger(__file__)` in its execution context, which logs every report's metrics at INFO on every
+    worker), outside the `ray.train` hierarchy its filter covers. Returns their names."""
+    import logging
+
+    part = f"{os.sep}ray{os.sep}train{os.sep}"
+    names = [n for n in list(logging.root.manager.loggerDict) if part in n]
+    for name in names:
+        logging.getLogger(name).setLevel(level)
+    return names
+
+
 def train_func_per_worker(config: dict) -> None:
     """One data-parallel worker: resume from Ray's latest checkpoint if any, then train and validate per epoch."""
     import ray.train
@@ -107,6 +120,7 @@ def train_func_per_worker(config: dict) -> None:
     from defakenet.data.pipeline import gather_predictions, iter_batches, steps_per_epoch
 
     cfg = Config.from_dict(config["config"])
+    quiet_train_loggers(cfg.train.log_level)
     n_train = config["n_train"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -257,6 +271,37 @@ def _epoch_logger(tracking_uri: str, run_id: str):
     return EpochMetricsToMlflow()
 
 
+def failure_line(errors: dict, count: int, max_failures: int) -> str:
+    """What the driver prints when training workers fail: which ranks, the first error's first line, and what Ray
+    Train does next under FailureConfig(max_failures) (-1: no limit)."""
+    rank = min(errors)
+    first = next((line.strip() for line in str(errors[rank]).splitlines() if line.strip()), "")
+    what = type(errors[rank]).__name__ + (f": {first[:200]}" if first else "")
+    ranks = ", ".join(str(r) for r in sorted(errors))
+    if max_failures < 0 or count <= max_failures:
+        allowed = "no limit" if max_failures < 0 else f"{max_failures} allowed"
+        then = f"restarting the workers from the latest checkpoint (failure {count}, {allowed})"
+    else:
+        then = f"giving up: failure {count}, {max_failures} allowed (resources.max_failures)"
+    return f"training worker(s) rank {ranks} failed ({what}); {then}"
+
+
+def _failure_notice(max_failures: int):
+    """A Ray Train callback (on the controller) that prints `failure_line` when workers fail. Ray Train's own account,
+    its failure policy's INFO record, shows only with train.log_level INFO."""
+    from ray.train import UserCallback
+
+    class FailureNotice(UserCallback):
+        def __init__(self):
+            self.count = 0
+
+        def after_exception(self, run_context, worker_exceptions):
+            self.count += 1
+            print(failure_line(worker_exceptions, self.count, max_failures), flush=True)
+
+    return FailureNotice()
+
+
 # ---- the driver
 
 
@@ -307,14 +352,16 @@ def init_ray(cfg: Config, address: str | None = None, cpus: int = 0) -> None:
     import ray
     from ray.data import DataContext
 
-    # the datasets carry the driver's DataContext to every coordinator and task: no per-operator progress bars
+    # the datasets carry the driver's DataContext to every coordinator and task: no per-operator progress bars, no
+    # execution plan printed per dataset and epoch (Ray Data's log files under the session folder keep them)
     DataContext.get_current().enable_progress_bars = False
+    DataContext.get_current().print_on_execution_start = False
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    # telemetry off; Ray Data's per-operator progress bars off (one epoch line per epoch is the progress)
+    # telemetry off; Ray Data's per-operator and MLflow's artifact progress bars off (one line per epoch is the progress)
     quiet = {"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-             "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+             "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     for k, v in quiet.items():
         os.environ.setdefault(k, v)
     env = {"env_vars": quiet}
@@ -379,7 +426,10 @@ def make_trainer(cfg: Config, manifest, *, callbacks: list) -> TorchTrainer:
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.resources.max_failures),
-            callbacks=callbacks, worker_runtime_env={"env_vars": training_worker_env(cfg)},
+            callbacks=[*callbacks, _failure_notice(cfg.resources.max_failures)],
+            worker_runtime_env={"env_vars": training_worker_env(cfg)},
+            # Ray Train's INFO lines (resources, process group, every report's metrics twice) stay in its log files
+            logging_config=ray.train.LoggingConfig(log_level=cfg.train.log_level),
         ),
         datasets={"train": build_dataset(train_rows, cfg, train=True),
                   "valid": build_dataset(manifest[manifest["split"] == "valid"], cfg, train=False)},

@@ -32,11 +32,15 @@ EPOCHS = 4
 SETTINGS = {"data.image_size": 32, "train.batch_size": 8, "train.max_steps": 1, "resources.workers": 2}
 
 
-def _train_workers() -> list[dict]:
-    """Every RayTrainWorker actor this Ray instance has known (alive or dead), from the GCS actor table."""
+def ray_actors(class_name: str) -> list[dict]:
+    """Every actor of `class_name` this Ray instance has known (alive or dead), from the GCS actor table."""
     import ray._private.state
 
-    return [a for a in ray._private.state.actors().values() if a["ActorClassName"] == "RayTrainWorker"]
+    return [a for a in ray._private.state.actors().values() if a["ActorClassName"] == class_name]
+
+
+def _train_workers() -> list[dict]:
+    return ray_actors("RayTrainWorker")
 
 
 def _runs(client, name: str) -> list:
@@ -142,6 +146,11 @@ def test_killed_worker_resumes_from_last_checkpoint_and_trains_each_epoch_once(k
     assert len(set(resumed)) == 1, resumed  # rank 0 says it (a line may reach both its .out and .err log)
     k = int(resumed[0])
     assert 1 <= k < EPOCHS, k
+    # the driver was told, in one line from the Train controller, which worker failed and that the run goes on
+    controllers = [a["Pid"] for a in ray_actors("TrainController") if a["StartTime"] <= killer.killed_at_ms]
+    told = _wait_for_pattern(r"training worker\(s\) rank ([\d, ]+) failed \(.*\); restarting the workers from the "
+                             r"latest checkpoint \(failure 1, 1 allowed\)", controllers)
+    assert len(set(told)) == 1, told
 
     # epochs reach MLflow when Ray commits their report (checkpoint recorded as the latest): each epoch once, none
     # missing. Epochs logged before the kill were committed, so K covers them; epoch K itself may be committed (and

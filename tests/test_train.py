@@ -105,6 +105,37 @@ def test_gpu_request_without_gpus(ray_session, capsys):
         "defakenet: --gpu: 0.5 GPU(s) needed, this Ray cluster has 0 now; waiting for the cluster to add GPU nodes\n")
 
 
+def test_failure_line_says_what_failed_and_what_happens_next():
+    from defakenet.train import failure_line
+
+    died = RuntimeError("\n  The actor died unexpectedly before finishing this task.\n  class_name: RayTrainWorker\n")
+    assert failure_line({1: died}, 1, 2) == (
+        "training worker(s) rank 1 failed (RuntimeError: The actor died unexpectedly before finishing this task.); "
+        "restarting the workers from the latest checkpoint (failure 1, 2 allowed)")
+    assert failure_line({3: ValueError("x" * 500), 0: KeyError()}, 3, 2) == (
+        "training worker(s) rank 0, 3 failed (KeyError); giving up: failure 3, 2 allowed (resources.max_failures)")
+    assert failure_line({0: OSError("disk full")}, 7, -1).endswith("(failure 7, no limit)")
+    assert f"(ValueError: {'x' * 200}); " in failure_line({0: ValueError("x" * 500)}, 1, 1)  # its first 200 characters
+
+
+def test_quiet_train_loggers_reaches_the_loggers_named_by_file_path():
+    """Ray 2.60 logs every report's metrics from a logger named by its file, outside `ray.train`, so
+    LoggingConfig(log_level) does not reach it; the worker sets its level itself."""
+    import logging
+
+    import ray.train.v2._internal.execution.context as train_context
+
+    from defakenet.train import quiet_train_loggers
+
+    named = logging.getLogger(train_context.__file__)
+    before = named.level
+    try:
+        assert train_context.__file__ in quiet_train_loggers("WARNING")
+        assert not named.isEnabledFor(logging.INFO) and named.isEnabledFor(logging.WARNING)
+    finally:
+        named.setLevel(before)
+
+
 def test_sweep_removes_checkpoint_folders_of_dead_processes_only(tmp_path):
     """A worker killed between writing a checkpoint and Ray Train copying it leaves its staging folder; the next
     rank 0 removes it, and leaves folders of live processes and anything else alone."""
