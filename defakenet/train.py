@@ -439,6 +439,8 @@ def make_trainer(cfg: Config, manifest, *, callbacks: list) -> TorchTrainer:
 
 def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None = None) -> dict:
     """Train `cfg` on Ray Train, evaluate the best checkpoint on test, track in MLflow; returns a summary."""
+    import ray.train
+
     from defakenet import tracking
 
     cfg, manifest = load_run_inputs(cfg, log, prefix="train")
@@ -458,7 +460,13 @@ def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None 
             f"({'GPU' if cfg.resources.use_gpu else 'CPU'}); MLflow {tracking_uri} run {tracker.run_id}")
         tracker.log_system_info(_system_info(cfg, trainable))
         trainer = make_trainer(cfg, manifest, callbacks=[_epoch_logger(tracking_uri, tracker.run_id)])
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as e:
+            user_error = data_error_behind(e)
+            if user_error is None:
+                raise
+            raise user_error from None
         best = result.get_best_checkpoint(SCORE, "max")
         if best is None:
             raise RuntimeError(f"run {run_name} reported no checkpoint")
@@ -520,6 +528,19 @@ def finish(cfg: Config, manifest, best_dir: Path, out: Path, *, tracker=None,
                 log(f"registry: no test metrics, so no alias for {info['registered_model_uri']} "
                     f"(promote it with `defakenet registry promote {info['version']}`)")
     return summary
+
+
+def data_error_behind(e: BaseException) -> DataError | None:
+    """A failed run's DataError (a bad image met by a worker, which Ray Train retried up to max_failures times), as
+    the user's mistake it is: one line naming the file, not Ray's worker tracebacks."""
+    from defakenet.data.pipeline import find_data_error, first_line
+
+    for failure in [*getattr(e, "worker_failures", {}).values(), getattr(e, "controller_failure", None)]:
+        cause = find_data_error(failure) if failure is not None else None
+        if cause is not None:
+            return DataError(f"training stopped: {first_line(cause)} (`defakenet data inspect ROOT` lists every "
+                             "unreadable image)")
+    return None
 
 
 def _system_info(cfg: Config, trainable: int) -> dict:

@@ -142,10 +142,10 @@ def iter_batches(
         for batch in batches:
             yield batch["image"], batch["label"]
     except Exception as e:  # noqa: BLE001 - re-raised unchanged unless a DataError is inside
-        cause = _find_data_error(e)
+        cause = find_data_error(e)
         if cause is None:
             raise
-        raise DataError(str(cause)) from None
+        raise DataError(first_line(cause)) from None
 
 
 def dataset_config(eval_datasets: Sequence[str] = EVAL_DATASETS, *, split_eval: bool = True) -> ray.train.DataConfig:
@@ -281,7 +281,12 @@ def _num_blocks(n: int) -> int:
     return max(min(n, MIN_BLOCKS), min(MAX_BLOCKS, math.ceil(n / ROWS_PER_BLOCK)))
 
 
-def _find_data_error(e: BaseException) -> DataError | None:
+def first_line(e: BaseException) -> str:
+    """A DataError's own message: Ray Data appends its retry advice to the message of an error raised in a task."""
+    return next((line for line in str(e).splitlines() if line.strip()), "")
+
+
+def find_data_error(e: BaseException) -> DataError | None:
     """The DataError behind an exception that crossed Ray (a RayTaskError whose cause is the DataError)."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [e]
