@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from defakenet.config import Config, search_space
-from defakenet.errors import UserError
+from defakenet.errors import DataError, UserError
 from defakenet.train import SCORE, default_home, finish, load_run_inputs, storage_path
 
 DEFAULT_REGISTERED_NAME = "defakenet"
@@ -67,12 +67,13 @@ def concurrency(cfg: Config, cluster: dict[str, float]) -> int:
 
 def _trial(params: dict, *, base: dict, study: str, parent_run_id: str, tracking_uri: str, manifest) -> None:
     """One trial: the study's config with this trial's values, trained by its own TorchTrainer."""
+    import ray.train
     import ray.tune
     from ray.data import DataContext
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from defakenet import tracking
-    from defakenet.train import _epoch_logger, make_trainer
+    from defakenet.train import _epoch_logger, data_error_behind, make_trainer
 
     # this process makes the trial's datasets, which carry its DataContext: no per-operator progress bars (on a
     # cluster nothing else turns them off, and every driver of the cluster would print them)
@@ -86,7 +87,13 @@ def _trial(params: dict, *, base: dict, study: str, parent_run_id: str, tracking
         tracker.log_config(cfg)
         trainer = make_trainer(cfg, manifest, callbacks=[_epoch_logger(tracking_uri, tracker.run_id),
                                                          TuneReportCallback()])
-        trainer.fit()
+        try:
+            trainer.fit()
+        except ray.train.TrainingFailedError as e:
+            user_error = data_error_behind(e)  # the trial's error in Tune's table: the bad file, in one line
+            if user_error is None:
+                raise
+            raise user_error from None
 
 
 # ---- progress and the stopping record
@@ -334,6 +341,11 @@ def run_study(cfg: Config, *, resume: bool = False, log: Callable[[str], None] =
         tracker.log_artifacts(out, "study")
         done = table.dropna(subset=["best_val_roc_auc"]) if "best_val_roc_auc" in table else table.iloc[0:0]
         if not len(done):
+            from defakenet.data.pipeline import find_data_error, first_line
+
+            cause = next(filter(None, map(find_data_error, grid.errors)), None)
+            if cause is not None:  # every trial met the same unreadable image
+                raise DataError(f"study {study}: no trial reported a validation score: {first_line(cause)}")
             raise RuntimeError(f"study {study}: no trial reported a validation score; see the trial errors above")
         best = done.loc[done["best_val_roc_auc"].idxmax()]
         winner = cfg.replace(**{k: best[k] for k in keys})

@@ -42,6 +42,18 @@ def synth_small(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def synth_bad(synth_small, tmp_path_factory):
+    """synth_small with every 4th file not an image (so every split holds some): for runs that must stop on one."""
+    import shutil
+
+    data = tmp_path_factory.mktemp("synth_bad") / "data"
+    shutil.copytree(synth_small, data)
+    for png in sorted(data.rglob("*.png"))[::4]:
+        png.write_text("not an image")
+    return data
+
+
+@pytest.fixture(scope="session")
 def synth_64(tmp_path_factory):
     """160 real + 160 fake 64 px faces: enough for the model to learn the fake traces in a few epochs."""
     return make_dataset(tmp_path_factory.mktemp("synth_64"), n=160, size=64, seed=0)

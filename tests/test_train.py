@@ -138,16 +138,10 @@ def test_quiet_train_loggers_reaches_the_loggers_named_by_file_path():
 
 
 @pytest.mark.slow
-def test_bad_image_met_in_training_stops_the_run_with_one_line(ray_session, synth_small, tmp_path, capsys):
+def test_bad_image_met_in_training_stops_the_run_with_one_line(ray_session, synth_bad, tmp_path, capsys):
     """A file that is not an image, found by a decode task mid-epoch: the CLI says which file in one line and exits
     2, and the MLflow run is FAILED."""
-    import shutil
-
-    data = tmp_path / "data"
-    shutil.copytree(synth_small, data)
-    for png in sorted(data.rglob("*.png"))[::4]:  # every 4th, so the train split surely holds some
-        png.write_text("not an image")
-    home = tmp_path / "home"
+    data, home = synth_bad, tmp_path / "home"
     code = main(["train", "--data", str(data), "--epochs", "1", "--image-size", "32", "--batch-size", "8",
                  "--home", str(home), "--run-name", "bad", "--set", "resources.max_failures=0"])
     err = capsys.readouterr().err

@@ -5,6 +5,7 @@ rerunning its finished trials."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from defakenet import tracking
 from defakenet.config import Config
-from defakenet.errors import ConfigError
+from defakenet.errors import ConfigError, DataError
 from defakenet.tune import concurrency, param_space, run_study
 
 pytestmark = pytest.mark.slow
@@ -121,6 +122,17 @@ def test_interrupted_study_resumes_and_finishes_only_the_rest(ray_session, mlflo
     for run in trial_runs():  # every epoch of every trial logged once
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_roc_auc")]
         assert sorted(steps) == list(range(1, len(steps) + 1)), run.info.run_name
+
+
+def test_study_whose_trials_meet_a_bad_image_stops_naming_it(ray_session, mlflow_server, synth_bad, tmp_path):
+    cfg = _cfg(synth_bad, tmp_path, mlflow_server, "study-bad").replace(
+        **{"tune.num_samples": 1, "train.epochs": 1, "resources.max_failures": 0})
+    with pytest.raises(DataError) as e:
+        run_study(cfg, log=lambda _: None)
+    assert re.fullmatch(rf"study study-bad: no trial reported a validation score: training stopped: "
+                        rf"{re.escape(str(synth_bad))}/(real|fake)/\d+\.png: not an image \(expected JPEG, PNG, "
+                        r"WebP, BMP or TIFF\) \(`defakenet data inspect ROOT` lists every unreadable image\)",
+                        str(e.value)), str(e.value)
 
 
 def test_space_and_concurrency_are_checked():
