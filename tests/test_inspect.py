@@ -117,6 +117,17 @@ def test_unreadable_and_truncated_files_are_named(clean):
     assert "unreadable: 2" in report.to_text()
 
 
+def test_uri_root_reads_every_file_through_its_filesystem(clean):
+    """A file:// root goes through pyarrow (as s3:// would): the same findings as the folder, the same reasons."""
+    write(clean, "valid/real/notes.jpg", b"this is a text file, not a JPEG\n" * 4)
+    write(clean, "train/real/copy.png", (clean / "train/real/0.png").read_bytes())
+    local, remote = inspect(clean), inspect_dataset(clean.as_uri(), progress=False, workers=2)
+    assert remote.root == clean.as_uri() and remote.n_images == local.n_images == 14
+    assert remote.counts == local.counts and remote.sizes == local.sizes and remote.formats == local.formats
+    assert remote.unreadable == local.unreadable and remote.duplicates == local.duplicates
+    assert remote.problems == local.problems == [p for p in local.problems if "notes.jpg" in p]
+
+
 def test_empty_class_folder_is_reported(clean):
     for p in (clean / "test/fake").iterdir():
         p.unlink()

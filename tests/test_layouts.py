@@ -217,6 +217,45 @@ def test_bad_ratios(ratios, tmp_path):
         read_manifest(tmp_path, ratios=ratios)
 
 
+# ---- URIs: the same readers over a pyarrow filesystem (file:// here; s3://, gs://, hdfs:// alike)
+
+
+def _layouts(root: Path) -> dict[str, Path]:
+    touch(root / "split", "train/real/a b#1.png", "train/fake/gen/b.JPG", "val/real/ffhq/c.png", "val/fake/d.jpeg",
+          "test/Real/e.jpg", "test/fake/f.webp")
+    (root / "split/train/real/notes.txt").write_text("x")
+    touch(root / "flat", *[f"0_real/r{i}.png" for i in range(6)], *[f"1_fake/sub/f{i}.png" for i in range(6)])
+    (root / "140k").mkdir()
+    _write_140k(root / "140k", root / "140k" / "real-vs-fake")
+    (root / "rvf10k").mkdir()
+    _write_rvf10k(root / "rvf10k", root / "rvf10k" / "rvf10k", with_path=False)
+    return {name: root / name for name in ("split", "flat", "140k", "rvf10k")}
+
+
+def test_file_uri_roots_read_like_paths_in_every_layout(tmp_path):
+    for name, root in _layouts(tmp_path / "sets with space").items():
+        local = read_manifest(root)
+        remote = read_manifest(root.as_uri())
+        assert detect_layout(root.as_uri()) == local["source"].iloc[0], name
+        assert remote["path"].tolist() == [Path(p).as_uri() for p in local["path"]], name  # percent-encoded
+        pd.testing.assert_frame_equal(remote.drop(columns="path"), local.drop(columns="path"))
+        assert remote.attrs["root"] == root.as_uri() and remote.attrs["skipped"] == local.attrs["skipped"], name
+        assert [n.replace(root.as_uri(), str(root)) for n in remote.attrs["notes"]] == local.attrs["notes"], name
+
+
+def test_uri_root_errors_name_the_uri(tmp_path):
+    touch(tmp_path, "real/a.png")
+    with pytest.raises(DataError, match=rf"^{esc((tmp_path / 'nope').as_uri())}: no such directory; expected a "
+                                        r"dataset folder \(layouts: "):
+        read_manifest((tmp_path / "nope").as_uri())
+    with pytest.raises(DataError, match=rf"^{esc((tmp_path / 'real/a.png').as_uri())}: is a file"):
+        read_manifest((tmp_path / "real" / "a.png").as_uri())
+    with pytest.raises(DataError, match=r"takes no \?query"):
+        read_manifest("s3://bucket/faces?region=eu-west-1")
+    with pytest.raises(DataError, match=rf"^{esc(tmp_path.as_uri())}: no fake/ folder; expected real/ and fake/"):
+        read_manifest(tmp_path.as_uri())
+
+
 # ---- errors
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from defakenet.data.image import decode_rgb
 from defakenet.data.layouts import CLASS_NAMES, read_manifest
 from defakenet.data.splits import DEFAULT_RATIOS, SPLITS
+from defakenet.data.storage import Files, is_uri
 from defakenet.errors import ConfigError, DataError
 
 # a progress bar only when decoding takes long enough to watch
@@ -47,11 +48,16 @@ class _Probe(NamedTuple):
     error: str | None
 
 
+_FILES = Files()
+
+
 def _probe(path: str, name: str) -> _Probe:
     try:
-        data = Path(path).read_bytes()
+        data = _FILES.read(path) if is_uri(path) else Path(path).read_bytes()
     except OSError as e:
         return _Probe(None, None, None, None, f"{name}: cannot read ({e.strerror or e})")
+    except DataError as e:  # a URI (s3://, ...) that could not be read
+        return _Probe(None, None, None, None, f"{name}: cannot read ({e})")
     sha = hashlib.sha256(data).hexdigest()
     try:
         arr = decode_rgb(data, name=name)

@@ -1,7 +1,9 @@
 """Dataset layouts as users download them, read into one manifest DataFrame.
 
-Columns: path (absolute), relpath (posix, relative to ROOT), label (1 = fake, 0 = real), split (train / valid /
-test), source (the layout id). Layouts are detected in this order, first match wins:
+ROOT is a local folder (or an NFS mount) or a URI of a pyarrow filesystem (s3://bucket/prefix, gs://, hdfs://,
+file://), listed by `defakenet.data.storage`. Columns: path (absolute, or a URI under a URI root), relpath (posix,
+relative to ROOT), label (1 = fake, 0 = real), split (train / valid / test), source (the layout id). Layouts are
+detected in this order, first match wins:
 
 1. "kaggle-140k-csv": ROOT/train.csv, valid.csv and test.csv (Kaggle "140k Real and Fake Faces"); images under
    ROOT/real-vs-fake/, ROOT/real_vs_fake/real-vs-fake/ or ROOT itself.
@@ -17,9 +19,9 @@ was assumed (carved splits, missing split folders).
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -27,6 +29,7 @@ import pandas as pd
 
 from defakenet.data.image import IMAGE_EXTENSIONS, is_image_path
 from defakenet.data.splits import DEFAULT_RATIOS, SPLITS, hash_split, validate_ratios
+from defakenet.data.storage import LocalTree, UriTree, image_files, open_tree
 from defakenet.errors import DataError
 
 LAYOUTS = ("kaggle-140k-csv", "rvf10k-csv", "split-folders", "flat")
@@ -44,97 +47,79 @@ _EXPECTED = (
     " or training_real/ training_fake/), kaggle-140k-csv (train.csv valid.csv test.csv), rvf10k-csv (train.csv"
     " valid.csv)"
 )
-_PRUNE = {"__macosx"}
 
 
 @dataclass
 class _Scan:
-    root: Path
+    tree: LocalTree | UriTree
     allow_empty: bool
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
     empty: list[dict] = field(default_factory=list)
 
-    def empty_class(self, split: str, label: int, path: Path, message: str) -> None:
+    @property
+    def root(self) -> str:
+        return self.tree.root
+
+    def empty_class(self, split: str, label: int, path: str, message: str) -> None:
         # an empty or missing class folder: an error, or a finding for inspection
         if not self.allow_empty:
             raise DataError(message)
         self.empty.append({"split": split, "class": CLASS_NAMES[label], "path": str(path), "reason": message})
 
-    def images(self, folder: Path) -> list[str]:
-        """Image files under folder (recursive, symlinks followed once), as absolute path strings."""
-        out, seen = [], set()
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-            real = os.path.realpath(dirpath)
-            if real in seen:  # symlink loop
-                dirnames[:] = []
-                continue
-            seen.add(real)
-            dirnames[:] = [d for d in dirnames if not d.startswith(".") and d.lower() not in _PRUNE]
-            for name in filenames:
-                if name.startswith(".") or not is_image_path(name):
-                    self.skipped += 1
-                else:
-                    out.append(os.path.join(dirpath, name))
+    def images(self, folder: str) -> list[str]:
+        """Image files under folder (recursive, symlinks followed once), as absolute paths (URIs under a URI)."""
+        out, skipped = image_files(self.tree, folder, is_image_path)
+        self.skipped += skipped
         return out
 
     def rel(self, path: str) -> str:
-        return os.path.relpath(path, self.root).replace(os.sep, "/")
+        return self.tree.rel(path)
 
 
-def _root(root: str | os.PathLike) -> Path:
-    r = Path(os.path.abspath(os.path.expanduser(str(root))))
-    if not r.exists():
-        raise DataError(f"{r}: no such directory; expected a dataset folder (layouts: {', '.join(LAYOUTS)})")
-    if not r.is_dir():
-        raise DataError(f"{r}: is a file; expected a dataset folder (layouts: {', '.join(LAYOUTS)})")
-    return r
+def _root(root: str | os.PathLike) -> LocalTree | UriTree:
+    return open_tree(root, f"a dataset folder (layouts: {', '.join(LAYOUTS)})")
 
 
-def _entries(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    except OSError as e:
-        raise DataError(f"{folder}: cannot list ({e.strerror or e})") from None
-
-
-def _named_dirs(folder: Path, names: dict[str, object]) -> dict[object, Path]:
+def _named_dirs(tree: LocalTree | UriTree, folder: str, names: dict[str, object]) -> dict[object, str]:
     """Sub-folders whose lower-case name is in `names`, keyed by the mapped value; two for one value is an error."""
-    found: dict[object, Path] = {}
-    for p in _entries(folder):
-        key = names.get(p.name.lower())
-        if key is None or not p.is_dir():
+    found: dict[object, str] = {}
+    for p, is_dir in tree.entries(folder):
+        key = names.get(tree.name(p).lower())
+        if key is None or not is_dir:
             continue
         if key in found:
-            raise DataError(f"{folder}: both {found[key].name}/ and {p.name}/ found; expected one folder for {key}")
+            raise DataError(f"{folder}: both {tree.name(found[key])}/ and {tree.name(p)}/ found; expected one "
+                            f"folder for {key}")
         found[key] = p
     return found
 
 
-def _detect(r: Path) -> str | None:
-    files = {p.name.lower() for p in _entries(r) if p.is_file()}
+def _detect(tree: LocalTree | UriTree, r: str) -> str | None:
+    files = {tree.name(p).lower() for p, is_dir in tree.entries(r) if not is_dir}
     if "train.csv" in files and "valid.csv" in files:
         return "kaggle-140k-csv" if "test.csv" in files else "rvf10k-csv"
-    if _named_dirs(r, SPLIT_DIRS):
+    if _named_dirs(tree, r, SPLIT_DIRS):
         return "split-folders"
-    if _named_dirs(r, CLASS_DIRS):
+    if _named_dirs(tree, r, CLASS_DIRS):
         return "flat"
     return None
 
 
-def detect_layout(root: str | os.PathLike) -> str:
+def detect_layout(root: str | os.PathLike | LocalTree | UriTree) -> str:
     """The layout id of ROOT (see the module docstring for the detection order); DataError when none matches."""
-    r = _root(root)
-    layout = _detect(r)
+    tree = root if isinstance(root, (LocalTree, UriTree)) else _root(root)
+    r = tree.root
+    layout = _detect(tree, r)
     if layout is not None:
         return layout
-    entries = _entries(r)
-    shown = [p.name + ("/" if p.is_dir() else "") for p in entries[:10]]
+    entries = tree.entries(r)
+    shown = [tree.name(p) + ("/" if is_dir else "") for p, is_dir in entries[:10]]
     found = ", ".join(shown) + (f", ... (+{len(entries) - 10} more)" if len(entries) > 10 else "") or "nothing"
     hint = ""
-    for p in (p for p in entries if p.is_dir()):
+    for p in (p for p, is_dir in entries if is_dir):
         try:
-            if _detect(p):
+            if _detect(tree, p):
                 hint = f"; did you mean {p}?"
                 break
         except DataError:
@@ -143,7 +128,7 @@ def detect_layout(root: str | os.PathLike) -> str:
 
 
 def _read_split_folders(st: _Scan, ratios, seed) -> list[tuple]:
-    splits = _named_dirs(st.root, SPLIT_DIRS)
+    splits = _named_dirs(st.tree, st.root, SPLIT_DIRS)
     for s in SPLITS:
         if s not in splits:
             st.notes.append(f"no {s} split folder under {st.root}: the {s} split is empty")
@@ -154,14 +139,14 @@ def _read_split_folders(st: _Scan, ratios, seed) -> list[tuple]:
     return rows
 
 
-def _read_classes(st: _Scan, folder: Path, split: str) -> list[tuple]:
-    classes = _named_dirs(folder, CLASS_DIRS)
+def _read_classes(st: _Scan, folder: str, split: str) -> list[tuple]:
+    classes = _named_dirs(st.tree, folder, CLASS_DIRS)
     rows = []
     for label, name in CLASS_NAMES.items():
         if label not in classes:
             msg = (f"{folder}: no {name}/ folder; expected real/ and fake/ "
                    "(or 0_real/ 1_fake/, or training_real/ training_fake/)")
-            st.empty_class(split, label, folder / name, msg)
+            st.empty_class(split, label, st.tree.join(folder, name), msg)
             continue
         files = st.images(classes[label])
         if not files:
@@ -177,9 +162,9 @@ def _read_flat(st: _Scan, ratios, seed) -> list[tuple]:
     return [(p, rel, label, s) for (p, rel, label, _), s in zip(rows, splits)]
 
 
-def _read_csv(path: Path, required: set[str]) -> pd.DataFrame:
+def _read_csv(tree: LocalTree | UriTree, path: str, required: set[str]) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = pd.read_csv(io.BytesIO(tree.read_bytes(path)), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot parse as CSV ({' '.join(str(e).split())})") from None
     df.columns = [str(c).strip().lower() for c in df.columns]
@@ -191,7 +176,7 @@ def _read_csv(path: Path, required: set[str]) -> pd.DataFrame:
     return df
 
 
-def _labels(df: pd.DataFrame, csv: Path) -> np.ndarray:
+def _labels(df: pd.DataFrame, csv: str) -> np.ndarray:
     """CSV labels (1 = real) mapped to 1 = fake, cross-checked with label_str when present."""
     raw = pd.to_numeric(df["label"].str.strip(), errors="coerce")
     bad = np.flatnonzero(~raw.isin([0, 1]).to_numpy())
@@ -211,48 +196,48 @@ def _labels(df: pd.DataFrame, csv: Path) -> np.ndarray:
     return 1 - raw
 
 
-def _resolve(root: Path, rels: Sequence[str], bases: list[Path]) -> list[str | None]:
+def _resolve(tree: LocalTree | UriTree, rels: Sequence[str], bases: list[str]) -> list[str | None]:
     """Find each CSV path under the first base that has it; a path whose prefix is foreign (e.g. /kaggle/input/...)
     is retried from its last split folder (train/ valid/ test/) on."""
-    bases = [b for b in bases if b.is_dir()] or [root]
+    bases = [b for b in bases if tree.is_dir(b)] or [tree.root]
     rels = [r.strip().replace("\\", "/") for r in rels]
     sample = [r for r in rels[:20] if r]
     # the base that holds the first rows goes first, so most rows cost one stat
-    bases.sort(key=lambda b: -sum(os.path.isfile(os.path.join(b, r)) for r in sample))
+    bases.sort(key=lambda b: -sum(tree.is_file(tree.join(b, r)) for r in sample))
     out: list[str | None] = []
     for rel in rels:
         parts = rel.split("/")
         cut = max((i for i, p in enumerate(parts) if p.lower() in SPLIT_DIRS), default=0)
         tries = [t for t in [rel] + (["/".join(parts[cut:])] if cut else []) if t]
-        out.append(_first_file(bases, tries))
+        out.append(_first_file(tree, bases, tries))
     return out
 
 
-def _first_file(bases: list[Path], rels: list[str]) -> str | None:
+def _first_file(tree: LocalTree | UriTree, bases: list[str], rels: list[str]) -> str | None:
     for rel in rels:
         for base in bases:
-            p = os.path.join(base, rel)
-            if os.path.isfile(p):
-                return os.path.normpath(p)
+            p = tree.join(base, rel)
+            if tree.is_file(p):
+                return os.path.normpath(p) if isinstance(tree, LocalTree) else p
     return None
 
 
-def _csv_rows(st: _Scan, split: str, bases: list[Path], required: set[str]) -> list[tuple]:
+def _csv_rows(st: _Scan, split: str, bases: list[str], required: set[str]) -> list[tuple]:
     """Rows of ROOT/{split}.csv: files by `path` under the bases, else (rvf10k) by `id` stem."""
-    csv = st.root / f"{split}.csv"
-    df = _read_csv(csv, required)
+    csv = st.tree.join(st.root, f"{split}.csv")
+    df = _read_csv(st.tree, csv, required)
     if "id" not in df.columns and "path" not in df.columns:
         raise DataError(f"{csv}: missing required column id (or path); found {', '.join(df.columns)}")
     labels = _labels(df, csv)
     key = "path" if "path" in df.columns else "id"
-    found = _resolve(st.root, df["path"].tolist(), bases) if key == "path" else [None] * len(df)
+    found = _resolve(st.tree, df["path"].tolist(), bases) if key == "path" else [None] * len(df)
     if "id" in df.columns and None in found:
         by_stem = _by_stem(st, split, df["id"].str.strip().tolist(), labels, bases)
         found = [f or b for f, b in zip(found, by_stem)]
     missing = [i for i, p in enumerate(found) if p is None]
     if missing:
         first = ", ".join(f"line {i + 2}: {df[key].iloc[i]}" for i in missing[:3])
-        where = " or ".join(str(b) for b in bases if b.is_dir()) or str(st.root)
+        where = " or ".join(b for b in bases if st.tree.is_dir(b)) or st.root
         raise DataError(
             f"{csv}: {len(missing)} of {len(df)} row(s) point at missing files ({first}); looked under {where}"
         )
@@ -260,15 +245,15 @@ def _csv_rows(st: _Scan, split: str, bases: list[Path], required: set[str]) -> l
 
 
 def _read_140k(st: _Scan, ratios, seed) -> list[tuple]:
-    r = st.root
-    bases = [r / "real-vs-fake", r / "real_vs_fake" / "real-vs-fake", r / "real_vs_fake", r]
+    t, r = st.tree, st.root
+    bases = [t.join(r, "real-vs-fake"), t.join(r, "real_vs_fake", "real-vs-fake"), t.join(r, "real_vs_fake"), r]
     rows = [row for split in SPLITS for row in _csv_rows(st, split, bases, {"label", "path"})]
     st.notes.append("splits taken from train.csv, valid.csv and test.csv; ratios and seed are not used")
     return rows
 
 
 def _read_rvf10k(st: _Scan, ratios, seed) -> list[tuple]:
-    bases = [st.root / "rvf10k", st.root]
+    bases = [st.tree.join(st.root, "rvf10k"), st.root]
     rows = [row for split in ("train", "valid") for row in _csv_rows(st, split, bases, {"label"})]
     # rvf10k ships no test split: carve one out of train with the hash rule
     test_share = ratios[2]
@@ -286,14 +271,14 @@ def _read_rvf10k(st: _Scan, ratios, seed) -> list[tuple]:
     return rows
 
 
-def _by_stem(st: _Scan, split: str, ids: list[str], labels: np.ndarray, bases: list[Path]) -> list[str | None]:
+def _by_stem(st: _Scan, split: str, ids: list[str], labels: np.ndarray, bases: list[str]) -> list[str | None]:
     """Find `{split}/{real|fake}/{id}.<any image ext>` (class from the label) for each id."""
     index: dict[int, dict[str, str]] = {0: {}, 1: {}}
     for base in bases:
-        if (base / split).is_dir():
-            for label, folder in _named_dirs(base / split, CLASS_DIRS).items():
+        if st.tree.is_dir(st.tree.join(base, split)):
+            for label, folder in _named_dirs(st.tree, st.tree.join(base, split), CLASS_DIRS).items():
                 for p in st.images(folder):
-                    name = os.path.basename(p)
+                    name = st.tree.name(p)
                     index[label].setdefault(name, p)
                     index[label].setdefault(os.path.splitext(name)[0], p)
             break
@@ -322,9 +307,9 @@ def read_manifest(
     holds "layout", "root", "notes" (list[str]) and "skipped" (ignored non-image and hidden files).
     """
     ratios = validate_ratios(ratios)
-    r = _root(root)
-    layout = detect_layout(r)
-    st = _Scan(r, allow_empty)
+    tree = _root(root)
+    layout = detect_layout(tree)
+    st = _Scan(tree, allow_empty)
     rows = _READERS[layout](st, ratios, seed)
     df = pd.DataFrame(rows, columns=["path", "relpath", "label", "split"])
     df["label"] = df["label"].astype(np.int64)
@@ -332,5 +317,5 @@ def read_manifest(
     order = {s: i for i, s in enumerate(SPLITS)}
     df = df.sort_values(["split", "relpath"], key=lambda c: c.map(order) if c.name == "split" else c)
     df = df.reset_index(drop=True)[COLUMNS]
-    df.attrs.update(layout=layout, root=str(r), notes=st.notes, skipped=st.skipped, empty_classes=st.empty)
+    df.attrs.update(layout=layout, root=tree.root, notes=st.notes, skipped=st.skipped, empty_classes=st.empty)
     return df

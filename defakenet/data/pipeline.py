@@ -26,14 +26,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import os
-import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.fs as pafs
 import ray
 import ray.data
 import ray.train
@@ -41,6 +38,7 @@ from ray.data import DataContext, ExecutionOptions, RandomSeedConfig, TaskPoolSt
 
 from defakenet.config import AugmentConfig, Config, DataConfig
 from defakenet.data.image import decode_rgb
+from defakenet.data.storage import Files
 from defakenet.errors import DataError
 
 if TYPE_CHECKING:
@@ -213,40 +211,6 @@ class DecodeBatch:
 # ---- internals
 
 
-class _Files:
-    """Reads whole files by path or URI through pyarrow filesystems, one filesystem per scheme://host."""
-
-    def __init__(self):
-        self._local = pafs.LocalFileSystem()
-        self._remote: dict[str, tuple[pafs.FileSystem, bool]] = {}
-
-    def _resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:
-        u = urllib.parse.urlsplit(uri)
-        if len(u.scheme) <= 1:  # a plain path (or a Windows drive letter): local disk or an NFS mount
-            return self._local, os.path.abspath(uri)
-        path = urllib.parse.unquote(u.path)  # URIs are percent-encoded, as pyarrow's from_uri assumes
-        if u.scheme == "file":
-            return self._local, path
-        root = f"{u.scheme}://{u.netloc}"
-        if root not in self._remote:
-            # from_uri builds (and for S3 resolves the region of) one filesystem; later paths reuse it
-            fs, first = pafs.FileSystem.from_uri(uri)
-            # object stores address files as bucket/key, hdfs-like ones as /path
-            self._remote[root] = (fs, bool(u.netloc) and first.startswith(u.netloc))
-        fs, with_host = self._remote[root]
-        return fs, (u.netloc + path) if with_host else path
-
-    def read(self, uri: str) -> bytes:
-        try:
-            fs, path = self._resolve(uri)
-            with fs.open_input_stream(path) as f:
-                return f.read()
-        except FileNotFoundError:
-            raise DataError(f"{uri}: no such file") from None
-        except (OSError, ValueError) as e:  # pyarrow raises OSError (and ArrowInvalid, a ValueError) for I/O
-            raise DataError(f"{uri}: cannot read ({e})") from None
-
-
 @functools.lru_cache(maxsize=8)
 def _preprocess(data: DataConfig, augment: AugmentConfig | None, mode: str) -> Preprocess:
     # one pipeline per process and config (frozen dataclasses hash by value); train pipelines are reseeded per row.
@@ -257,8 +221,8 @@ def _preprocess(data: DataConfig, augment: AugmentConfig | None, mode: str) -> P
 
 
 @functools.lru_cache(maxsize=1)
-def _files() -> _Files:
-    return _Files()
+def _files() -> Files:
+    return Files()
 
 
 def _execution_index() -> int:
