@@ -341,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="DIR", help="write metrics.json, curves and report.md here")
     p.add_argument("--gpu", action="store_true", help="one GPU per inference actor")
     p.add_argument("--actors", type=int, default=1, help="inference actors (model copies) in parallel (default 1)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs (default $MLFLOW_TRACKING_URI, "
+                                          "else the SQLite store under .defakenet)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="metrics and curves from a CSV of labels (1 = fake) and scores")

@@ -99,7 +99,8 @@ class TrackingConfig:
     tracking_uri: str = _f("", "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite under `home`")
     experiment: str = _f("defakenet", "MLflow experiment name")
     run_name: str = _f("", "run name; reusing one resumes that run; empty = generated")
-    register: str = _f("", "register the final model under this name; empty = don't register")
+    register: str = _f("", "register the final model under this name; empty = train doesn't register, tune "
+                           "registers as 'defakenet'")
     storage: str = _f("", "Ray Train storage_path for checkpoints: folder, NFS mount or s3:// URI; empty = HOME/ray_results")
 
 

@@ -65,7 +65,7 @@ cat <<MSG
 Ray cluster on ${ip}: head + ${workers} worker node(s), dashboard http://${ip}:${dashboard_port}
   export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=\$(${RAY} get-auth-token)
   defakenet submit jobs/train.yaml --address http://${ip}:${dashboard_port} --follow -- \\
-      --config jobs/configs/train-cpu-small.yaml --data .defakenet/demo/synthetic
+      --config jobs/configs/train-cpu-small.yaml --data "\$PWD/.defakenet/demo/synthetic"
   RAY_ADDRESS=${ip}:${ray_port} defakenet serve --host ${ip}     # see cluster/local/README.md
   ${0} stop
 MSG
