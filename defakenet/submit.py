@@ -49,6 +49,26 @@ def build_entrypoint(job: dict, sets: list[str], extra: list[str]) -> str:
     return " ".join(parts)
 
 
+# entrypoint options whose value is a path the job reads on the cluster, as flags and as config keys
+PATH_FLAGS = {"--data": "data.root", "--model": "", "--weights": "model.weights", "--home": "tracking.home",
+              "--storage": "tracking.storage"}
+
+
+def relative_paths(sets: list[str], extra: list[str]) -> list[str]:
+    """Path values given to a job as relative paths (`--set data.root=x`, `-- --data x`): on the cluster they resolve
+    inside the job's uploaded working_dir, where what the working_dir excludes (.defakenet, data) is not."""
+    keys = {k for k in PATH_FLAGS.values() if k}
+    given = [(k.strip(), v) for k, _, v in (item.partition("=") for item in sets) if k.strip() in keys]
+    given += [(flag, value) for flag, value in zip(extra, extra[1:]) if flag in PATH_FLAGS]
+    given += [(f, v) for f, eq, v in (arg.partition("=") for arg in extra) if eq and f in PATH_FLAGS]
+    return [f"{k}={v}" if k in keys else f"{k} {v}" for k, v in given if _is_relative(v)]
+
+
+def _is_relative(value: str) -> bool:
+    value = value.strip()
+    return bool(value) and "://" not in value and not value.startswith(("/", "~", "models:/", "runs:/"))
+
+
 def _client(address: str, token: str | None):
     """A JobSubmissionClient for `address` (the Jobs SDK lets $RAY_ADDRESS override an explicit address: not here)."""
     from ray.exceptions import AuthenticationError
@@ -91,6 +111,10 @@ def submit(path: str | Path, *, address: str | None = None, sets: list[str] = ()
     from ray.job_submission import JobStatus
 
     job = load_job(path)
+    for given in relative_paths(list(sets), list(extra)):
+        print(f"defakenet: note: {given} is a relative path; the job resolves it inside its uploaded working_dir on the "
+              "cluster, without the folders the job excludes: pass an absolute path on shared storage, or a URI",
+              file=sys.stderr)
     token = token or os.environ.get("RAY_AUTH_TOKEN")
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
     client = _client(address, token)

@@ -33,6 +33,16 @@ def test_job_files_load_and_entrypoints_exist():
     assert build_entrypoint(job, ["optim.lr=0.01"], ["--epochs", "2"]).endswith("--set optim.lr=0.01 --epochs 2")
 
 
+def test_relative_paths_given_to_a_job_are_named():
+    from defakenet.submit import relative_paths
+
+    assert relative_paths(["data.root=.defakenet/demo/synthetic", "train.epochs=2", "tracking.storage=s3://b/r"],
+                          ["--data", "faces", "--model=models:/defakenet@champion", "--home=/mnt/shared",
+                           "--weights=w.safetensors", "--config", "jobs/configs/train-cpu-small.yaml"]) == [
+        "data.root=.defakenet/demo/synthetic", "--data faces", "--weights w.safetensors"]
+    assert relative_paths(["data.root=/mnt/data/faces"], ["--data", "gs://b/faces", "--storage", "~/runs"]) == []
+
+
 def test_bad_job_files(tmp_path, capsys):
     assert main(["submit", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml does not exist" in capsys.readouterr().err
