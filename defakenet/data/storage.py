@@ -10,6 +10,7 @@ URI root, which is what the manifest stores and `Files.read` (the Ray Data decod
 from __future__ import annotations
 
 import os
+import posixpath
 import urllib.parse
 from collections.abc import Iterator
 
@@ -114,7 +115,8 @@ class UriTree:
         return urllib.parse.unquote(uri[len(self._prefix):])
 
     def join(self, folder: str, *names: str) -> str:
-        return "/".join([folder.rstrip("/"), *(urllib.parse.quote(n.strip("/"), safe="/") for n in names)])
+        names = tuple(n for n in (posixpath.normpath(n.strip("/")) for n in names) if n != ".")  # ./train/x.jpg
+        return "/".join([folder.rstrip("/"), *(urllib.parse.quote(n, safe="/") for n in names)])
 
     @staticmethod
     def name(path: str) -> str:
