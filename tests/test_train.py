@@ -141,16 +141,17 @@ def test_quiet_train_loggers_reaches_the_loggers_named_by_file_path():
 def test_bad_image_met_in_training_stops_the_run_with_one_line(ray_session, synth_bad, tmp_path, capsys):
     """A file that is not an image, found by a decode task mid-epoch: the CLI says which file in one line and exits
     2, and the MLflow run is FAILED."""
-    data, home = synth_bad, tmp_path / "home"
+    data, uri = synth_bad, f"sqlite:///{tmp_path / 'mlflow.db'}"  # its own store, whatever the session has set
     code = main(["train", "--data", str(data), "--epochs", "1", "--image-size", "32", "--batch-size", "8",
-                 "--home", str(home), "--run-name", "bad", "--set", "resources.max_failures=0"])
+                 "--home", str(tmp_path / "home"), "--tracking-uri", uri, "--run-name", "bad",
+                 "--set", "resources.max_failures=0"])
     err = capsys.readouterr().err
     assert code == 2, err[-3000:]
     line = err.strip().splitlines()[-1]
     assert re.fullmatch(rf"defakenet: error: training stopped: {re.escape(str(data))}/(real|fake)/\d+\.png: not an "
                         r"image \(expected JPEG, PNG, WebP, BMP or TIFF\) \(`defakenet data inspect ROOT` lists every "
                         r"unreadable image\)", line), line
-    client = tracking.client(tracking.resolve_tracking_uri("", home))
+    client = tracking.client(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("defakenet").experiment_id])
     assert run.info.run_name == "bad" and run.info.status == "FAILED"
 
