@@ -439,8 +439,6 @@ def make_trainer(cfg: Config, manifest, *, callbacks: list) -> TorchTrainer:
 
 def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None = None) -> dict:
     """Train `cfg` on Ray Train, evaluate the best checkpoint on test, track in MLflow; returns a summary."""
-    import ray.train
-
     from defakenet import tracking
 
     cfg, manifest = load_run_inputs(cfg, log, prefix="train")
@@ -460,13 +458,7 @@ def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None 
             f"({'GPU' if cfg.resources.use_gpu else 'CPU'}); MLflow {tracking_uri} run {tracker.run_id}")
         tracker.log_system_info(_system_info(cfg, trainable))
         trainer = make_trainer(cfg, manifest, callbacks=[_epoch_logger(tracking_uri, tracker.run_id)])
-        try:
-            result = trainer.fit()
-        except ray.train.TrainingFailedError as e:
-            user_error = data_error_behind(e)
-            if user_error is None:
-                raise
-            raise user_error from None
+        result = fit_trainer(trainer)
         best = result.get_best_checkpoint(SCORE, "max")
         if best is None:
             raise RuntimeError(f"run {run_name} reported no checkpoint")
@@ -528,6 +520,19 @@ def finish(cfg: Config, manifest, best_dir: Path, out: Path, *, tracker=None,
                 log(f"registry: no test metrics, so no alias for {info['registered_model_uri']} "
                     f"(promote it with `defakenet registry promote {info['version']}`)")
     return summary
+
+
+def fit_trainer(trainer: TorchTrainer):
+    """trainer.fit(); a run that failed on a bad image raises `data_error_behind` it, the user's mistake in one line."""
+    import ray.train
+
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        user_error = data_error_behind(e)
+        if user_error is None:
+            raise
+        raise user_error from None
 
 
 def data_error_behind(e: BaseException) -> DataError | None:

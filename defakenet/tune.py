@@ -67,13 +67,12 @@ def concurrency(cfg: Config, cluster: dict[str, float]) -> int:
 
 def _trial(params: dict, *, base: dict, study: str, parent_run_id: str, tracking_uri: str, manifest) -> None:
     """One trial: the study's config with this trial's values, trained by its own TorchTrainer."""
-    import ray.train
     import ray.tune
     from ray.data import DataContext
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from defakenet import tracking
-    from defakenet.train import _epoch_logger, data_error_behind, make_trainer
+    from defakenet.train import _epoch_logger, fit_trainer, make_trainer
 
     # this process makes the trial's datasets, which carry its DataContext: no per-operator progress bars (on a
     # cluster nothing else turns them off, and every driver of the cluster would print them)
@@ -87,13 +86,7 @@ def _trial(params: dict, *, base: dict, study: str, parent_run_id: str, tracking
         tracker.log_config(cfg)
         trainer = make_trainer(cfg, manifest, callbacks=[_epoch_logger(tracking_uri, tracker.run_id),
                                                          TuneReportCallback()])
-        try:
-            trainer.fit()
-        except ray.train.TrainingFailedError as e:
-            user_error = data_error_behind(e)  # the trial's error in Tune's table: the bad file, in one line
-            if user_error is None:
-                raise
-            raise user_error from None
+        fit_trainer(trainer)  # a bad image: the trial's error in Tune's table is the file, in one line
 
 
 # ---- progress and the stopping record
