@@ -5,6 +5,12 @@ the CLI prints its message on one line and exits with status 2, never a tracebac
 """
 
 
+def first_line(e: BaseException | str | None, default: str = "") -> str:
+    """The first non-blank line of an error or message, stripped (`default` if none): Ray Data appends its retry
+    advice to an error raised in a task, Ray's worker errors carry tracebacks, MLflow's messages run on."""
+    return next((line.strip() for line in str(e or "").splitlines() if line.strip()), default)
+
+
 class UserError(Exception):
     """A mistake in the user's input; the message names the thing and what was expected."""
 

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from defakenet.config import Config
-from defakenet.errors import UserError
+from defakenet.errors import UserError, first_line
 
 DEFAULT_HOME = ".defakenet"
 DB_FILE, ARTIFACTS_DIR = "mlflow.db", "mlartifacts"
@@ -234,7 +234,7 @@ class Tracker:
         try:
             self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
         except Exception as e:  # the server may be what failed: keep the original error in front
-            print(f"warning: could not mark MLflow run {self.run_id} as ended: {_first_line(str(e))}", file=sys.stderr)
+            print(f"warning: could not mark MLflow run {self.run_id} as ended: {first_line(e, 'error')}", file=sys.stderr)
 
     def _id(self) -> str:
         if self.run_id is None:
@@ -309,7 +309,7 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
             exp = client.get_experiment_by_name(name)  # created meanwhile by a concurrent trial
             if exp is None:
                 raise UserError(f"cannot create MLflow experiment {name!r} at {_redact(tracking_uri)}: "
-                                f"{_first_line(e.message)}") from None
+                                f"{first_line(e.message, 'error')}") from None
     if exp.lifecycle_stage == "deleted":
         raise UserError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore "
                         f"--experiment-id {exp.experiment_id}) or choose another tracking.experiment")
@@ -485,7 +485,7 @@ def resolve_model(uri: str, dst: str | Path | None = None, *, tracking_uri: str 
         local = Path(mlflow.artifacts.download_artifacts(
             artifact_uri=source, dst_path=None if dst is None else str(dst), tracking_uri=turi))
     except MlflowException as e:
-        raise UserError(f"model {uri}: {_first_line(e.message)} (tracking URI {_redact(turi)})") from None
+        raise UserError(f"model {uri}: {first_line(e.message, 'error')} (tracking URI {_redact(turi)})") from None
     except OSError as e:  # the artifact store itself: a missing local path, an unreachable bucket
         raise UserError(f"model {uri}: cannot download {source}: {e}") from None
     return find_model_dir(local, uri)
@@ -636,7 +636,7 @@ def _registered_model(client, name: str):
         return client.get_registered_model(name)
     except MlflowException as e:
         if e.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise UserError(f"registered model {name!r}: {_first_line(e.message)}") from None
+            raise UserError(f"registered model {name!r}: {first_line(e.message, 'error')}") from None
     try:
         known = ", ".join(m.name for m in client.search_registered_models(max_results=20)) or "none"
     except MlflowException:
@@ -668,10 +668,6 @@ def _quote(s: str) -> str:
 def _redact(uri: str) -> str:
     """The URI without a password (postgresql://user:secret@host → postgresql://user:***@host)."""
     return re.sub(r"(://[^/:@]+):[^/@]+@", r"\1:***@", uri)
-
-
-def _first_line(msg: str) -> str:
-    return (msg or "").strip().splitlines()[0] if msg and msg.strip() else "error"
 
 
 def _float(v: str) -> float:

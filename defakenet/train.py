@@ -27,7 +27,7 @@ from defakenet.artifact import load_model, save_model
 from defakenet.config import Config
 from defakenet.data.layouts import read_manifest
 from defakenet.engine import build_model, build_optimizer, build_scheduler, predict, train_one_epoch
-from defakenet.errors import DataError, UserError
+from defakenet.errors import DataError, UserError, first_line
 from defakenet.metrics import choose_threshold, compute_metrics
 from defakenet.model import count_parameters
 
@@ -275,7 +275,7 @@ def failure_line(errors: dict, count: int, max_failures: int) -> str:
     """What the driver prints when training workers fail: which ranks, the first error's first line, and what Ray
     Train does next under FailureConfig(max_failures) (-1: no limit)."""
     rank = min(errors)
-    first = next((line.strip() for line in str(errors[rank]).splitlines() if line.strip()), "")
+    first = first_line(errors[rank])
     what = type(errors[rank]).__name__ + (f": {first[:200]}" if first else "")
     ranks = ", ".join(str(r) for r in sorted(errors))
     if max_failures < 0 or count <= max_failures:
@@ -538,7 +538,7 @@ def fit_trainer(trainer: TorchTrainer):
 def data_error_behind(e: BaseException) -> DataError | None:
     """A failed run's DataError (a bad image met by a worker, which Ray Train retried up to max_failures times), as
     the user's mistake it is: one line naming the file, not Ray's worker tracebacks."""
-    from defakenet.data.pipeline import find_data_error, first_line
+    from defakenet.data.pipeline import find_data_error
 
     for failure in [*getattr(e, "worker_failures", {}).values(), getattr(e, "controller_failure", None)]:
         cause = find_data_error(failure) if failure is not None else None

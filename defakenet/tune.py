@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from defakenet.config import Config, search_space
-from defakenet.errors import DataError, UserError
+from defakenet.errors import DataError, UserError, first_line
 from defakenet.train import SCORE, default_home, finish, load_run_inputs, storage_path
 
 DEFAULT_REGISTERED_NAME = "defakenet"
@@ -334,7 +334,7 @@ def run_study(cfg: Config, *, resume: bool = False, log: Callable[[str], None] =
         tracker.log_artifacts(out, "study")
         done = table.dropna(subset=["best_val_roc_auc"]) if "best_val_roc_auc" in table else table.iloc[0:0]
         if not len(done):
-            from defakenet.data.pipeline import find_data_error, first_line
+            from defakenet.data.pipeline import find_data_error
 
             cause = next(filter(None, map(find_data_error, grid.errors)), None)
             if cause is not None:  # every trial met the same unreadable image

@@ -39,7 +39,7 @@ from ray.data import DataContext, ExecutionOptions, RandomSeedConfig, TaskPoolSt
 from defakenet.config import AugmentConfig, Config, DataConfig
 from defakenet.data.image import decode_rgb
 from defakenet.data.storage import Files
-from defakenet.errors import DataError
+from defakenet.errors import DataError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -243,11 +243,6 @@ def _u64(seed: int) -> int:
 
 def _num_blocks(n: int) -> int:
     return max(min(n, MIN_BLOCKS), min(MAX_BLOCKS, math.ceil(n / ROWS_PER_BLOCK)))
-
-
-def first_line(e: BaseException) -> str:
-    """A DataError's own message: Ray Data appends its retry advice to the message of an error raised in a task."""
-    return next((line for line in str(e).splitlines() if line.strip()), "")
 
 
 def find_data_error(e: BaseException) -> DataError | None:
