@@ -26,6 +26,12 @@ def is_uri(path: str | os.PathLike) -> bool:
     return len(urllib.parse.urlsplit(str(path)).scheme) > 1 and "://" in str(path)
 
 
+def _host_in_path(u: urllib.parse.SplitResult, fs_path: str) -> bool:
+    """Object stores address files as bucket/key (the URI's host leads the filesystem path), hdfs-like ones as /path
+    under scheme://host."""
+    return bool(u.netloc) and fs_path.startswith(u.netloc)
+
+
 class LocalTree:
     """A folder on this machine's file system."""
 
@@ -82,8 +88,7 @@ class UriTree:
         except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError
             raise DataError(f"{uri}: cannot open ({e})") from None
         base = base.rstrip("/")
-        # object stores address files as bucket/key, hdfs-like ones as /path under scheme://host
-        self._prefix = f"{u.scheme}://" + ("" if u.netloc and base.startswith(u.netloc) else u.netloc)
+        self._prefix = f"{u.scheme}://" + ("" if _host_in_path(u, base) else u.netloc)
         self.root = self._uri(base)
         try:
             kind = self.fs.get_file_info(base).type
@@ -203,8 +208,7 @@ class Files:
         if root not in self._remote:
             # from_uri builds (and for S3 resolves the region of) one filesystem; later paths reuse it
             fs, first = pafs.FileSystem.from_uri(uri)
-            # object stores address files as bucket/key, hdfs-like ones as /path
-            self._remote[root] = (fs, bool(u.netloc) and first.startswith(u.netloc))
+            self._remote[root] = (fs, _host_in_path(u, first))
         fs, with_host = self._remote[root]
         return fs, (u.netloc + path) if with_host else path
 
