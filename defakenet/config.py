@@ -30,10 +30,16 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class DataConfig:
     root: str = _f("", "dataset folder or CSV root (split folders, flat real/fake, Kaggle 140k or RVF10K CSVs)")
     image_size: int = _f(224, "square input size fed to the network (the paper uses 224)")
-    crop_pct: float = _f(1.0, "eval resize = image_size / crop_pct on the short side, then centre crop")
+    input_policy: str = _f("resize", "how an image becomes the network input: resize = shorter side to image_size/crop_pct "
+                                     "and centre crop (random resized crop in training); crop = image_size crops at the "
+                                     "image's native resolution (random in training, centre otherwise; smaller images are "
+                                     "padded, never upscaled), which keeps the generator's pixel-level traces")
+    crop_pct: float = _f(1.0, "input_policy resize: eval resize = image_size / crop_pct on the short side, then centre crop")
     split: tuple = _f((0.7, 0.15, 0.15), "train/valid/test shares for layouts without split folders")
     split_seed: int = _f(0, "seed of the hash split; changing it reshuffles which files land in which split")
     loader_workers: int = _f(2, "decode/augment worker processes for in-process loading")
+    train_fraction: float = _f(1.0, "share of the training split used, per class, chosen by data.split_seed (learning "
+                                    "curves); valid and test are unchanged")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,11 @@ class AugmentConfig:
 class ModelConfig:
     weights: str = _f("", "backbone weights: Keras .h5, .safetensors, timm or plain state dict; empty = random init")
     preprocessing: str = _f("tf", "input normalisation: 'tf' = x/127.5-1 (Keras weights), 'torch' = ImageNet mean/std")
+    input_filter: str = _f("none", "fixed high-pass filter in front of the backbone: none, npr (x minus its nearest "
+                                   "2x down-up copy, Tan et al. CVPR 2024) or srm (three SRM residual filters, "
+                                   "Fridrich & Kodovsky 2012)")
+    stages: int = _f(4, "backbone stages kept of conv2..conv5: 4 = the whole ResNet50V2, fewer = a shallower network "
+                        "that sees local patches (Chai et al. ECCV 2020)")
     dropout: float = _f(0.2, "dropout before the single-logit head")
     freeze_depth: int = _f(0, "freeze the first k of [stem, conv2, conv3, conv4, conv5]; 0 = train all, 5 = head only")
     unfreeze_epoch: int = _f(0, "staged unfreezing: from this epoch on every layer trains (new optimizer); 0 = never")
@@ -108,6 +119,10 @@ class TrackingConfig:
 class PromoteConfig:
     auc_margin: float = _f(0.0, "a new version becomes champion only if its test ROC-AUC beats the champion's by more")
     max_accuracy_drop: float = _f(0.01, "… and its test accuracy is at most this much below the champion's")
+    suite: str = _f("", "evaluation suite file (YAML, see docs/quality.md) run on a new version and the champion "
+                        "before the gate; empty = the test-split rule only")
+    max_set_auc_drop: float = _f(0.02, "with promote.suite: … and no suite cell (set × degradation) has a ROC-AUC more "
+                                       "than this below the champion's")
 
 
 def _default_space() -> dict:
@@ -306,6 +321,8 @@ def _coerce(value: Any, t: Any, key: str) -> Any:
 
 _CHOICES = {
     "model.preprocessing": ("tf", "torch"),
+    "model.input_filter": ("none", "npr", "srm"),
+    "data.input_policy": ("resize", "crop"),
     "optim.name": ("adamw", "sgd"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.threshold_method": ("youden", "fpr", "eer"),
@@ -387,6 +404,8 @@ def _validate(obj: Any, prefix: str) -> None:
             raise ConfigError(f"config key data.split needs three non-negative shares summing to 1, got {list(obj.split)}")
         if not 0 < obj.crop_pct <= 1:
             raise ConfigError(f"config key data.crop_pct must be in (0, 1], got {obj.crop_pct}")
+        if not 0 < obj.train_fraction <= 1:
+            raise ConfigError(f"config key data.train_fraction must be in (0, 1], got {obj.train_fraction}")
     if prefix == "tune.":
         search_space(obj.space)
         if obj.num_samples < 1 or obj.max_concurrent < 0 or obj.grace_period < 1 or obj.reduction_factor <= 1:
@@ -395,5 +414,10 @@ def _validate(obj: Any, prefix: str) -> None:
                               f"{obj.max_concurrent}, {obj.grace_period}, {obj.reduction_factor}")
     if prefix == "model." and obj.unfreeze_epoch < 0:
         raise ConfigError(f"config key model.unfreeze_epoch must be >= 0, got {obj.unfreeze_epoch}")
-    if prefix == "model." and not 0 <= obj.freeze_depth <= 5:
-        raise ConfigError(f"config key model.freeze_depth must be in 0..5, got {obj.freeze_depth}")
+    if prefix == "model." and not 1 <= obj.stages <= 4:
+        raise ConfigError(f"config key model.stages must be in 1..4 (of conv2..conv5), got {obj.stages}")
+    if prefix == "model." and not 0 <= obj.freeze_depth <= obj.stages + 1:
+        raise ConfigError(f"config key model.freeze_depth must be in 0..{obj.stages + 1} (stem + {obj.stages} "
+                          f"stages), got {obj.freeze_depth}")
+    if prefix == "promote." and obj.max_set_auc_drop < 0:
+        raise ConfigError(f"config key promote.max_set_auc_drop must be >= 0, got {obj.max_set_auc_drop}")
