@@ -51,9 +51,11 @@ def make_loader(manifest, split: str, cfg: Config, *, train: bool, workers: int 
 
 
 def build_model(cfg: Config) -> DeFakeNet:
-    """The network a config describes, with backbone weights loaded when `model.weights` is set."""
+    """The network a config describes (filter, stages, head), with backbone weights when `model.weights` is set."""
+    m = cfg.model
     return create_defakenet(
-        dropout=cfg.model.dropout, freeze_depth=cfg.model.freeze_depth, weights=cfg.model.weights or None
+        dropout=m.dropout, freeze_depth=m.freeze_depth, input_filter=m.input_filter, stages=m.stages,
+        weights=m.weights or None,
     )
 
 

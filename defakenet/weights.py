@@ -6,6 +6,9 @@ with an attribute `weight_names`, datasets named `<layer>/<weight>` with or with
 files all of it under `model_weights`. Conv kernels are HWIO (torch wants OIHW); BatchNorm gamma / beta /
 moving_mean / moving_variance become weight / bias / running_mean / running_var.
 
+A truncated backbone (`stages` < 4) loads from a full-network file: the layers it keeps are taken and checked,
+the removed stages and the differently shaped `post_bn` are skipped (`post_bn` keeps its own initialisation).
+
 Nothing here unpickles arbitrary code: torch files go through `torch.load(weights_only=True)`.
 """
 
@@ -26,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from defakenet.errors import DataError
-from defakenet.model import ResNet50V2Backbone, keras_layer_paths
+from defakenet.model import RESNET50V2_STACKS, ResNet50V2Backbone, keras_layer_paths
 
 # copied from keras/src/applications/resnet.py (BASE_WEIGHTS_PATH, WEIGHTS_HASHES["resnet50v2"][1])
 KERAS_WEIGHTS_FILE = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -87,9 +90,13 @@ def _attr_list(group: h5py.Group, name: str) -> list[str]:
     return [n.decode("utf8") if isinstance(n, bytes) else str(n) for chunk in chunks for n in chunk]
 
 
-def _check_state(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], source: str) -> None:
-    # strict: every key present (num_batches_tracked may be absent), none extra, shapes equal
-    missing = [k for k in reference if k not in state and not k.endswith("num_batches_tracked")]
+def _check_state(
+    state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], source: str, optional: tuple[str, ...] = ()
+) -> None:
+    # strict: every key present (num_batches_tracked and keys under `optional` may be absent), none extra,
+    # shapes equal
+    missing = [k for k in reference if k not in state and not k.endswith("num_batches_tracked")
+               and not k.startswith(optional)]
     unexpected = [k for k in state if k not in reference]
     if missing or unexpected:
         raise DataError(
@@ -225,6 +232,20 @@ def _load_torch(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _truncate(
+    state: dict[str, torch.Tensor], backbone: ResNet50V2Backbone, reference: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    # a full (or deeper) backbone file into a truncated backbone: drop the stages it does not keep, and post_bn
+    # when its width differs; returns the state and the prefixes that may then be missing
+    removed = tuple(f"{name}." for name, *_ in RESNET50V2_STACKS[backbone.stages:])
+    state = {k: v for k, v in state.items() if not k.startswith(removed)}
+    post = state.get("post_bn.weight")
+    if post is not None and tuple(post.shape) != tuple(reference["post_bn.weight"].shape):
+        state = {k: v for k, v in state.items() if not k.startswith("post_bn.")}
+        return state, ("post_bn.",)
+    return state, ()
+
+
 def _format(path: Path) -> str:
     # by content, so a misnamed file still loads; the suffix only breaks ties for legacy torch pickles
     if not path.is_file():
@@ -249,6 +270,8 @@ def load_backbone_weights(backbone: ResNet50V2Backbone, path: str | Path) -> Res
     Accepts a Keras ResNet50V2 .h5 (exact port), a safetensors or torch file holding our own keys (with or
     without a `backbone.` prefix, e.g. a whole DeFakeNet state dict) or a timm `resnetv2_50` state dict
     (an initialisation only, see `convert_timm_resnetv2`). DataError on missing / unexpected keys or shapes.
+    A truncated backbone (`backbone.stages` < 4) takes the layers it keeps from a full file, shapes checked;
+    the removed stages are skipped, and so is `post_bn` when its width differs (it keeps its initialisation).
     """
     path = Path(path)
     kind = _format(path)
@@ -262,7 +285,10 @@ def load_backbone_weights(backbone: ResNet50V2Backbone, path: str | Path) -> Res
         if any(k.startswith(("stem.", "stages.")) for k in state):
             state = convert_timm_resnetv2(state)
     reference = backbone.state_dict()
-    _check_state(state, reference, str(path))
+    optional: tuple[str, ...] = ()
+    if backbone.stages < len(RESNET50V2_STACKS):
+        state, optional = _truncate(state, backbone, reference)
+    _check_state(state, reference, str(path), optional)
     full = {k: state.get(k, reference[k]) for k in reference}
     backbone.load_state_dict(full, strict=True)
     return backbone

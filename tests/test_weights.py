@@ -1,4 +1,5 @@
-"""Backbone weights: Keras .h5 parity with Keras itself, timm and safetensors loading, and unreadable files."""
+"""Backbone weights: Keras .h5 parity with Keras itself, timm and safetensors loading, unreadable files, and full
+files loaded into truncated backbones."""
 
 import os
 
@@ -201,3 +202,84 @@ def test_unreadable_files_are_data_errors_naming_the_path(tmp_path):
     torch.save({"x": _NotATensor()}, tmp_path / "evil.pt")
     with pytest.raises(DataError, match="evil.pt.*weights_only"):
         load_backbone_weights(ResNet50V2Backbone(), tmp_path / "evil.pt")
+
+
+def _random_full_state(seed: int) -> dict[str, torch.Tensor]:
+    # a full backbone with random weights and random BN running stats, so every tensor tells the copies apart
+    torch.manual_seed(seed)
+    state = ResNet50V2Backbone().state_dict()
+    for key, value in state.items():
+        if key.endswith(("running_mean", "running_var", ".bias")):
+            state[key] = torch.rand_like(value) + 0.5
+    return state
+
+
+def test_full_backbone_file_loads_into_a_truncated_backbone(tmp_path):
+    source = _random_full_state(0)
+    save_safetensors(source, tmp_path / "full.safetensors")
+    torch.manual_seed(1)
+    backbone = ResNet50V2Backbone(stages=2)
+    post_before = {k: v.clone() for k, v in backbone.state_dict().items() if k.startswith("post_bn.")}
+    load_backbone_weights(backbone, tmp_path / "full.safetensors")
+    loaded = backbone.state_dict()
+    assert not any(k.startswith(("conv4.", "conv5.")) for k in loaded)
+    kept = [k for k in loaded if not k.startswith("post_bn.")]
+    assert len(kept) == len([k for k in source if k.startswith(("conv1_conv.", "conv2.", "conv3."))])
+    assert all(torch.equal(loaded[k], source[k]) for k in kept)
+    # post_bn is 512 wide here, 2048 in the file: skipped, its own initialisation kept
+    assert all(torch.equal(loaded[k], v) for k, v in post_before.items())
+    assert source["post_bn.weight"].shape == (2048,) and loaded["post_bn.weight"].shape == (512,)
+    # the same through the constructor, with a filter in front: a whole DeFakeNet state dict in torch format
+    torch.save({f"backbone.{k}": v for k, v in source.items()}, tmp_path / "model.pt")
+    model = create_defakenet(weights=tmp_path / "model.pt", stages=2, input_filter="srm")
+    state = model.backbone.state_dict()
+    assert all(torch.equal(state[k], source[k]) for k in kept)
+    assert "input_filter.kernel" in model.state_dict()
+
+
+def test_truncated_backbone_still_checks_the_layers_it_keeps(tmp_path):
+    source = _random_full_state(0)
+    bad = dict(source)
+    bad["conv3.block2.1_conv.weight"] = torch.zeros(128, 512, 3, 3)
+    save_safetensors(bad, tmp_path / "shape.safetensors")
+    with pytest.raises(DataError, match=r"conv3\.block2\.1_conv\.weight.*\(128, 512, 3, 3\).*\(128, 512, 1, 1\)"):
+        load_backbone_weights(ResNet50V2Backbone(stages=2), tmp_path / "shape.safetensors")
+    missing = {k: v for k, v in source.items() if not k.startswith("conv3.block4.")}
+    save_safetensors(missing, tmp_path / "missing.safetensors")
+    with pytest.raises(DataError, match=r"missing \d+ \[conv3\.block4\."):
+        load_backbone_weights(ResNet50V2Backbone(stages=2), tmp_path / "missing.safetensors")
+    extra = dict(source, **{"conv2.block9.1_conv.weight": torch.zeros(1)})
+    save_safetensors(extra, tmp_path / "extra.safetensors")
+    with pytest.raises(DataError, match=r"unexpected 1 \[conv2\.block9\.1_conv\.weight\]"):
+        load_backbone_weights(ResNet50V2Backbone(stages=3), tmp_path / "extra.safetensors")
+    # the full network is as strict as before: a file without conv5 does not load
+    save_safetensors({k: v for k, v in source.items() if not k.startswith("conv5.")}, tmp_path / "no5.safetensors")
+    with pytest.raises(DataError, match=r"missing \d+ \[conv5\."):
+        load_backbone_weights(ResNet50V2Backbone(), tmp_path / "no5.safetensors")
+
+
+def test_truncated_backbone_from_a_truncated_file_keeps_post_bn(tmp_path):
+    torch.manual_seed(0)
+    source = ResNet50V2Backbone(stages=2)
+    source.post_bn.running_mean.uniform_(-1, 1)
+    expected = source.state_dict()
+    save_safetensors(expected, tmp_path / "s2.safetensors")
+    # same depth: post_bn has the same width and is loaded too
+    loaded = load_backbone_weights(ResNet50V2Backbone(stages=2), tmp_path / "s2.safetensors").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in expected.items())
+    # into a shallower one: conv3 dropped, post_bn (512 in the file, 256 here) skipped
+    one = load_backbone_weights(ResNet50V2Backbone(stages=1), tmp_path / "s2.safetensors").state_dict()
+    assert all(torch.equal(one[k], expected[k]) for k in one if not k.startswith("post_bn."))
+    # and not into a deeper one: conv4 and conv5 are missing
+    with pytest.raises(DataError, match=r"missing \d+ \[conv4\."):
+        load_backbone_weights(ResNet50V2Backbone(stages=3), tmp_path / "s2.safetensors")
+
+
+def test_keras_h5_loads_into_a_truncated_backbone(keras_reference):
+    path = keras_reference[0]
+    full = import_keras_h5(path)
+    model = create_defakenet(weights=path, stages=3, input_filter="npr")
+    state = model.backbone.state_dict()
+    kept = [k for k in state if not k.startswith("post_bn.")]
+    assert all(torch.equal(state[k], full[k]) for k in kept)
+    assert not any(k.startswith("conv5.") for k in state) and state["post_bn.weight"].shape == (1024,)
