@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from defakenet import __version__
 from defakenet.config import Config
 from defakenet.data.augment import Preprocess
+from defakenet.engine import build_model
 from defakenet.errors import UserError
 from defakenet.model import DeFakeNet
 
@@ -43,11 +44,14 @@ class SavedModel:
 
 def preprocessing_meta(cfg: Config) -> dict:
     """The preprocessing facts stored with a model (also logged as MLflow model metadata)."""
+    policy = cfg.data.input_policy
     return {
         "mode": cfg.model.preprocessing,
         "image_size": cfg.data.image_size,
-        "crop_pct": cfg.data.crop_pct,
-        "resize": "shorter-side resize to image_size/crop_pct, centre crop image_size",
+        "input_policy": policy,
+        "crop_pct": cfg.data.crop_pct,  # resize policy only
+        "resize": ("centre crop image_size at native resolution, zero-padded when smaller" if policy == "crop"
+                   else "shorter-side resize to image_size/crop_pct, centre crop image_size"),
         "layout": "NCHW float32 RGB",
     }
 
@@ -75,8 +79,9 @@ def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu") 
             raise UserError(f"model {d} has no {name}: not a defakenet model directory")
     cfg = Config.from_dict(json.loads((d / CONFIG_FILE).read_text()))
     meta = json.loads((d / META_FILE).read_text())
-    # weights come from the file, not from model.weights: never reload the original backbone
-    model = DeFakeNet(dropout=cfg.model.dropout, freeze_depth=cfg.model.freeze_depth)
+    # the architecture from the config (engine.build_model, as training builds it); the weights come from the
+    # file, not from model.weights: never reload the original backbone
+    model = build_model(cfg.replace(**{"model.weights": ""}))
     state = load_file(str(d / WEIGHTS_FILE), device=str(map_location))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

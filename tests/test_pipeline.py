@@ -23,8 +23,10 @@ from defakenet.data.augment import Preprocess  # noqa: E402
 from defakenet.data.image import decode_rgb  # noqa: E402
 from defakenet.data.layouts import read_manifest  # noqa: E402
 from defakenet.data.pipeline import build_dataset, dataset_config, iter_batches, steps_per_epoch  # noqa: E402
+from defakenet.data.degrade import degrade  # noqa: E402
+from defakenet.data.splits import hash_split, subsample_train  # noqa: E402
 from defakenet.data.synth import make_dataset  # noqa: E402
-from defakenet.errors import DataError  # noqa: E402
+from defakenet.errors import ConfigError, DataError  # noqa: E402
 
 CFG = Config.from_dict({"data": {"image_size": 32}})
 # geometry only: a solid-colour image keeps its exact colour, so it can be recognised after augmentation
@@ -91,6 +93,29 @@ def test_eval_matches_direct_preprocessing_in_manifest_order(ray_local, manifest
     assert x.shape == expected.shape == (len(rows), 3, 32, 32)
     np.testing.assert_allclose(x, expected, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(y, rows["label"].to_numpy(dtype=np.float32))
+
+
+def test_degrade_column_is_applied_before_preprocessing_in_manifest_order(ray_local, manifest):
+    from defakenet.data.pipeline import _path_key
+
+    rows = _split(manifest, "train").copy()
+    cycle = ["jpeg:75", None, "noise:0.1", "resize:0.5+jpeg:75", "blur:1.0", "none"]
+    specs = [cycle[i % len(cycle)] for i in range(len(rows))]
+    rows["degrade"] = specs  # None becomes a missing value: no degradation
+    x, y = _collect(iter_batches(build_dataset(rows, CFG, train=False), 5, train=False))
+    pre = Preprocess(CFG.data, None, CFG.model.preprocessing)
+    plain, expected = [], []
+    for p, rel, spec in zip(rows["path"], rows["relpath"], specs):
+        rgb = decode_rgb(Path(p).read_bytes(), name=p)
+        plain.append(pre(rgb))
+        expected.append(pre(degrade(rgb, spec or "none", _path_key(rel))))
+    assert x.shape == (len(rows), 3, 32, 32)
+    np.testing.assert_allclose(x, np.stack(expected), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(y, rows["label"].to_numpy(dtype=np.float32))
+    changed = [not np.allclose(a, b) for a, b in zip(x, plain)]
+    assert changed == [spec not in (None, "none") for spec in specs]
+    with pytest.raises(ConfigError, match="unknown degradation 'jpg:75'"):
+        build_dataset(rows.assign(degrade="jpg:75"), CFG, train=False)
 
 
 def test_file_uris_read_like_paths(ray_local, manifest):
@@ -238,3 +263,57 @@ def test_ingest_options_carry_the_data_context_without_a_deprecation_warning(spl
     finally:
         ctx.execution_options = saved
     assert opts.resource_limits.cpu == 3 and opts.preserve_order is True
+
+
+# ---- the training subset (data.train_fraction)
+
+
+def _fake_manifest(n=200, seed=0):
+    relpaths = [f"{c}/{i:04d}.png" for c in ("real", "fake") for i in range(n)]
+    return pd.DataFrame({"path": [f"/data/{r}" for r in relpaths], "relpath": relpaths,
+                         "label": [int(r.startswith("fake")) for r in relpaths],
+                         "split": hash_split(relpaths, seed=seed)})
+
+
+def test_subsample_train_is_stratified_nested_and_leaves_valid_and_test(manifest):
+    m = _fake_manifest()
+    train = m[m["split"] == "train"]
+    n = {label: int((train["label"] == label).sum()) for label in (0, 1)}
+    subsets = {}
+    for fraction in (0.25, 0.5):
+        sub = subsample_train(m, fraction, seed=3)
+        t = sub[sub["split"] == "train"]
+        assert {label: int((t["label"] == label).sum()) for label in (0, 1)} == {
+            label: round(fraction * n[label]) for label in (0, 1)}
+        pd.testing.assert_frame_equal(sub[sub["split"] != "train"], m[m["split"] != "train"])
+        assert list(sub.index) == sorted(sub.index)  # manifest order kept
+        subsets[fraction] = set(t["relpath"])
+    assert subsets[0.25] < subsets[0.5]
+    assert set(subsample_train(m, 0.25, seed=3)["relpath"]) == set(subsample_train(m, 0.25, seed=3)["relpath"])
+    other = subsample_train(m, 0.25, seed=4)
+    assert set(other.loc[other["split"] == "train", "relpath"]) != subsets[0.25]
+    assert subsample_train(m, 1.0) is m
+
+
+def test_subsample_train_errors():
+    m = _fake_manifest(n=20)
+    with pytest.raises(DataError, match=r"data.train_fraction 0.01 keeps 0 of \d+ real, 0 of \d+ fake training"):
+        subsample_train(m, 0.01)
+    for bad in (0, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match=r"must be in \(0, 1\]"):
+            subsample_train(m, bad)
+
+
+def test_run_inputs_use_the_subset_and_log_its_counts(synth_small):
+    from defakenet.train import load_run_inputs
+
+    lines = []
+    cfg = Config.from_dict({"data": {"root": str(synth_small), "train_fraction": 0.5}})
+    _, m = load_run_inputs(cfg, lines.append, prefix="t")
+    full = read_manifest(synth_small)
+    n_train = int((full["split"] == "train").sum())
+    t = m[m["split"] == "train"]
+    fake = int(t["label"].sum())
+    assert len(t) == sum(round(0.5 * int((full[full["split"] == "train"]["label"] == c).sum())) for c in (0, 1))
+    assert f"train {len(t)} of {n_train} ({fake} fake; data.train_fraction 0.5)" in lines[0]
+    assert len(m[m["split"] == "valid"]) == len(full[full["split"] == "valid"])

@@ -97,3 +97,98 @@ def test_transforms_draw_independently():
     t = train_transform(DataConfig(image_size=32), aug, seed=0)
     draws = [tuple(float(tr.py_random.random()) for tr in t.transforms) for _ in range(1)][0]
     assert len(set(draws)) == len(draws)
+
+
+# ---- input policies
+
+NO_AUG = AugmentConfig(flip_p=0, jitter_p=0, jpeg_p=0, blur_p=0, noise_p=0)
+CROP = DataConfig(image_size=32, input_policy="crop")
+
+
+def _random_image(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_crop_policy_eval_is_a_native_centre_crop():
+    img = _random_image(45, 60)
+    out = Preprocess(CROP, None, "tf")(img)
+    # albumentations' centre: offset (45 - 32) // 2 = 6 rows, (60 - 32) // 2 = 14 columns
+    np.testing.assert_array_equal(out, normalize(img[6:38, 14:46], "tf"))
+
+
+def test_crop_policy_pads_small_images_evenly_and_never_upscales():
+    img = _random_image(20, 25)
+    out = Preprocess(CROP, None, "tf")(img)
+    assert out.shape == (3, 32, 32)
+    expected = np.zeros((32, 32, 3), dtype=np.uint8)
+    expected[6:26, 3:28] = img  # 12 rows of padding split 6 / 6, 7 columns split 3 / 4
+    np.testing.assert_array_equal(out, normalize(expected, "tf"))
+    # one side short, the other long: pad the one, centre crop the other
+    tall = _random_image(20, 50, seed=1)
+    expected[:] = 0
+    expected[6:26] = tall[:, 9:41]
+    np.testing.assert_array_equal(Preprocess(CROP, None, "tf")(tall), normalize(expected, "tf"))
+    # training pads the same way; the random crop of 32 from 32 then takes all of it
+    train = Preprocess(CROP, NO_AUG, "tf", seed=3)(img)
+    expected[:] = 0
+    expected[6:26, 3:28] = img
+    np.testing.assert_array_equal(train, normalize(expected, "tf"))
+
+
+def test_crop_policy_train_crops_are_unresampled_windows():
+    from defakenet.data.augment import train_transform
+
+    img = _random_image(48, 56)
+    corners = set()
+    for seed in range(6):
+        out = train_transform(CROP, NO_AUG, seed=seed)(image=img)["image"]
+        assert out.shape == (32, 32, 3)
+        hits = [(y, x) for y in range(48 - 32 + 1) for x in range(56 - 32 + 1)
+                if np.array_equal(out, img[y:y + 32, x:x + 32])]
+        assert len(hits) == 1, seed  # exactly one window of the input, pixel for pixel
+        corners.add(hits[0])
+    assert len(corners) > 1  # random, not a fixed crop
+    # the other augmentations still run under the crop policy
+    aug = AugmentConfig(jitter_p=1.0, jpeg_p=1.0, blur_p=1.0, noise_p=1.0)
+    full = Preprocess(CROP, aug, "tf", seed=0)(img)
+    assert full.shape == (3, 32, 32)
+    assert not any(np.array_equal(full, normalize(img[y:y + 32, x:x + 32], "tf"))
+                   for y in range(17) for x in range(25))
+
+
+def test_resize_policy_is_unchanged():
+    """The resize policy's pipelines, as they were before input_policy existed, give the same output."""
+    import albumentations as A
+
+    from defakenet.data.augment import eval_transform, reseed, train_transform
+
+    data = DataConfig(image_size=32, crop_pct=0.875)
+    aug = AugmentConfig(flip_p=0.5, jitter_p=1.0, jpeg_p=1.0, blur_p=1.0, noise_p=1.0)
+    before_train = A.Compose([
+        A.RandomResizedCrop(size=(32, 32), scale=(aug.scale_min, 1.0), p=1.0),
+        A.HorizontalFlip(p=aug.flip_p),
+        A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=aug.jitter_p),
+        A.ImageCompression(quality_range=(aug.jpeg_quality_min, 100), p=aug.jpeg_p),
+        A.GaussianBlur(blur_limit=0, sigma_limit=(1e-3, aug.blur_sigma_max), p=aug.blur_p),
+        A.GaussNoise(std_range=(0.0, aug.noise_std_max), p=aug.noise_p),
+    ])
+    before_eval = A.Compose([A.SmallestMaxSize(max_size=37, p=1.0), A.CenterCrop(height=32, width=32, p=1.0)])
+    img = _random_image(45, 60)
+    for seed in (0, 1):
+        reseed(before_train, [seed, 2, 7])
+        now = train_transform(data, aug)
+        reseed(now, [seed, 2, 7])
+        np.testing.assert_array_equal(now(image=img)["image"], before_train(image=img)["image"])
+    np.testing.assert_array_equal(eval_transform(data)(image=img)["image"], before_eval(image=img)["image"])
+    assert Config().data.input_policy == "resize"
+
+
+def test_input_policy_is_stored_with_the_model():
+    from defakenet.artifact import preprocessing_meta
+
+    crop = preprocessing_meta(Config.from_dict({"data": {"input_policy": "crop"}}))
+    resize = preprocessing_meta(Config())
+    assert crop["input_policy"] == "crop" and "native resolution" in crop["resize"] and "pad" in crop["resize"]
+    assert resize["input_policy"] == "resize" and resize["resize"].startswith("shorter-side resize")
+    with pytest.raises(ValueError, match="'scale'.*'resize' and 'crop'"):
+        Preprocess(DataConfig(input_policy="scale"), None, "tf")

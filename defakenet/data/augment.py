@@ -1,15 +1,21 @@
 """Albumentations pipelines and the model's input normalisation.
 
-Train: random resized crop, flip, colour jitter, and the degradations of Wang et al. (CVPR 2020, "CNN-generated
-images are surprisingly easy to spot… for now"): JPEG re-compression (quality 30-100) and Gaussian blur
-(sigma 0-3), plus Gaussian noise, each with its own probability. Eval: resize the short side, centre crop.
-Both end in the normalisation the model's weights expect and return CHW float32.
+Two input policies (data.input_policy) decide the geometry:
+- resize: train = random resized crop; eval = resize the short side to image_size / crop_pct, centre crop;
+- crop: image_size crops at the image's native resolution, never resampled (random in training, centre in eval),
+  so the generator's pixel-level traces survive; a side smaller than image_size is zero-padded evenly around the
+  image, never upscaled.
+Train then adds flip, colour jitter, and the degradations of Wang et al. (CVPR 2020, "CNN-generated images are
+surprisingly easy to spot… for now"): JPEG re-compression (quality 30-100) and Gaussian blur (sigma 0-3), plus
+Gaussian noise, each with its own probability. Both end in the normalisation the model's weights expect and
+return CHW float32.
 """
 
 from __future__ import annotations
 
 import os
 
+import cv2
 import numpy as np
 
 from defakenet.config import AugmentConfig, DataConfig
@@ -38,11 +44,16 @@ def normalize(images: np.ndarray, mode: str) -> np.ndarray:
 
 
 def train_transform(data: DataConfig, aug: AugmentConfig, seed: int | None = None) -> A.Compose:
-    """The training pipeline: geometry, colour, then the degradations, each with its own probability."""
+    """The training pipeline: geometry (data.input_policy), colour, then the degradations, each with its own
+    probability."""
     s = data.image_size
+    if _policy(data) == "crop":
+        geometry = [_pad_to(s), A.RandomCrop(height=s, width=s, p=1.0)]
+    else:
+        geometry = [A.RandomResizedCrop(size=(s, s), scale=(aug.scale_min, 1.0), p=1.0)]
     compose = A.Compose(
         [
-            A.RandomResizedCrop(size=(s, s), scale=(aug.scale_min, 1.0), p=1.0),
+            *geometry,
             A.HorizontalFlip(p=aug.flip_p),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=aug.jitter_p),
             A.ImageCompression(quality_range=(aug.jpeg_quality_min, 100), p=aug.jpeg_p),
@@ -69,11 +80,27 @@ def reseed(compose: A.Compose, entropy: list[int] | int) -> None:
 
 
 def eval_transform(data: DataConfig) -> A.Compose:
-    """Resize the short side to image_size / crop_pct, then centre crop image_size."""
+    """resize: the short side to image_size / crop_pct, then centre crop image_size. crop: centre crop image_size
+    at native resolution, zero-padded when smaller."""
     s = data.image_size
+    if _policy(data) == "crop":
+        return A.Compose([_pad_to(s), A.CenterCrop(height=s, width=s, p=1.0)])
     return A.Compose(
         [A.SmallestMaxSize(max_size=int(round(s / data.crop_pct)), p=1.0), A.CenterCrop(height=s, width=s, p=1.0)]
     )
+
+
+def _policy(data: DataConfig) -> str:
+    # config.py validates the choice; this catches a DataConfig built by hand
+    if data.input_policy not in ("resize", "crop"):
+        raise ValueError(f"Invalid input policy {data.input_policy!r}. Only 'resize' and 'crop' are supported.")
+    return data.input_policy
+
+
+def _pad_to(s: int) -> A.PadIfNeeded:
+    # sides below s get zeros, split evenly (the odd pixel at the bottom/right); a no-op for larger images.
+    # the crop that follows then takes the whole padded side, so a small image is never resampled
+    return A.PadIfNeeded(min_height=s, min_width=s, position="center", border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)
 
 
 class Preprocess:

@@ -1,9 +1,9 @@
 """Ray Data input pipeline: manifest rows → decoded, augmented (image, label) batches on the Ray Train workers.
 
     manifest rows (one split)
-      │ from_pandas: path, label, key (small rows only)
+      │ from_pandas: path, label, key [, degrade] (small rows only)
       │ random_shuffle (train only): paths in a new order every execution
-      │ map_batches(DecodeBatch), CPU tasks: read bytes, decode, augment (one Preprocess per worker process)
+      │ map_batches(DecodeBatch), CPU tasks: read bytes, decode, [degrade,] augment (one Preprocess per process)
       ▼
     image float32 N×3×S×S, label float32 ──iter_batches──▶ (x, y) torch batches for engine.train_one_epoch
 
@@ -37,6 +37,7 @@ import ray.train
 from ray.data import DataContext, ExecutionOptions, RandomSeedConfig, TaskPoolStrategy
 
 from defakenet.config import AugmentConfig, Config, DataConfig
+from defakenet.data.degrade import NONE, canonical, degrade
 from defakenet.data.image import decode_rgb
 from defakenet.data.storage import Files
 from defakenet.errors import DataError, first_line
@@ -69,11 +70,13 @@ def build_dataset(
     """A lazy Ray Dataset of `image` (float32 N×3×S×S, S = data.image_size) and `label` (float32, 1 = fake).
 
     `manifest_rows` are the rows of one split (columns path and label; relpath, when present, keys the
-    augmentation seed so it survives moving the dataset). train=True shuffles globally and augments with fresh
-    randomness each time the dataset is iterated; train=False neither shuffles nor augments and yields rows in
-    manifest order. `seed` defaults to `train.seed`. Decoding runs as Ray tasks of `num_cpus` each, at most
-    `max_decoders` at once (None: as many as free CPUs allow); leave CPUs free for them besides the training
-    workers, or the pipeline waits forever for a CPU.
+    augmentation seed so it survives moving the dataset). An optional `degrade` column holds a degradation spec
+    per row (`defakenet.data.degrade`; missing = none), applied to the decoded image before preprocessing and
+    seeded by the same key, so a row gets the same degraded bytes on every run. train=True shuffles globally and
+    augments with fresh randomness each time the dataset is iterated; train=False neither shuffles nor augments
+    and yields rows in manifest order. `seed` defaults to `train.seed`. Decoding runs as Ray tasks of `num_cpus`
+    each, at most `max_decoders` at once (None: as many as free CPUs allow); leave CPUs free for them besides the
+    training workers, or the pipeline waits forever for a CPU.
     """
     for col in ("path", "label"):
         if col not in manifest_rows.columns:
@@ -88,6 +91,10 @@ def build_dataset(
         "label": manifest_rows["label"].to_numpy(dtype=np.float32),
         "key": np.array([_path_key(str(p)) for p in keyed], dtype=np.int64),
     })
+    if "degrade" in manifest_rows.columns:
+        # canonical here, so a bad spec is a ConfigError on the driver, not a failed task
+        specs = manifest_rows["degrade"].fillna(NONE).astype(str)
+        table["degrade"] = specs.map({s: canonical(s) for s in specs.unique()}).to_numpy(dtype=object)
     # from_pandas(override_num_blocks=...) is broken with pandas 3 (np.array_split returns bare arrays): cut here
     n, blocks = len(table), _num_blocks(len(table))
     bounds = [round(i * n / blocks) for i in range(blocks + 1)]
@@ -182,7 +189,7 @@ def steps_per_epoch(num_rows: int, batch_size: int, workers: int = 1) -> int:
 
 
 class DecodeBatch:
-    """map_batches callable: read each path's bytes, decode to RGB, preprocess.
+    """map_batches callable: read each path's bytes, decode to RGB, degrade (rows with a `degrade` spec), preprocess.
 
     An instance, not a class: Ray Data runs it as tasks on pooled worker processes that stay warm between
     epochs, and each process builds the Albumentations pipeline once (`_preprocess`). A callable class would run
@@ -197,9 +204,12 @@ class DecodeBatch:
         pre = _preprocess(self.data, self.augment, self.mode)
         epoch = _execution_index()
         images = []
-        for path, key in zip(batch["path"], batch["key"]):
+        specs = batch["degrade"] if "degrade" in batch else [NONE] * len(batch["path"])
+        for path, key, spec in zip(batch["path"], batch["key"], specs):
             path = str(path)
             rgb = decode_rgb(_files().read(path), name=path)
+            if spec != NONE:
+                rgb = degrade(rgb, str(spec), int(key))
             if self.augment is not None:
                 from defakenet.data.augment import reseed
 

@@ -7,6 +7,10 @@ A file's split is a function of its own relative path and the seed only:
 
 so adding or removing files never moves the others, and every class is split independently of the others
 (the relative path includes the class folder), which makes the split stratified in expectation.
+
+`subsample_train` keeps a share of the training split for learning curves: per class the round(fraction × n)
+training files with the smallest sha256(f"subsample:{seed}:{relpath}"), so a smaller fraction's subset lies inside
+a bigger one's and valid and test never change.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 
-from defakenet.errors import ConfigError
+from defakenet.errors import ConfigError, DataError
 
 # the one default for every caller (manifest, inspection, config)
 DEFAULT_RATIOS: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -76,3 +81,37 @@ def hash_split(relpaths: Iterable[str], ratios: Sequence[float] = DEFAULT_RATIOS
     u = np.fromiter((split_unit(p, seed) for p in relpaths), dtype=np.float64)
     idx = (u >= c1).astype(np.int64) + (u >= c2).astype(np.int64)
     return np.asarray(SPLITS, dtype=object)[idx]
+
+
+def subsample_train(manifest: pd.DataFrame, fraction: float, seed: int = 0) -> pd.DataFrame:
+    """The manifest with only `fraction` of each class's training rows; valid and test rows unchanged.
+
+    Per label, keeps the round(fraction × n) training rows with the smallest sha256(f"subsample:{seed}:{relpath}")
+    (path when there is no relpath column), so subsets are nested across fractions for one seed. Rows keep their
+    order. ConfigError for a fraction outside (0, 1]; DataError when a class keeps no training image.
+    """
+    fraction = float(fraction)
+    if not (math.isfinite(fraction) and 0 < fraction <= 1):
+        raise ConfigError(f"train fraction {fraction!r}: must be in (0, 1]")
+    if fraction == 1:
+        return manifest
+    train = manifest["split"] == "train"
+    names = manifest["relpath"] if "relpath" in manifest.columns else manifest["path"]
+    keep = ~train.to_numpy()
+    counts = {}
+    for label, name in ((0, "real"), (1, "fake")):
+        idx = np.flatnonzero((train & (manifest["label"] == label)).to_numpy())
+        k = round(fraction * len(idx))
+        counts[name] = (k, len(idx))
+        ranked = sorted(idx, key=lambda i: (_subsample_unit(str(names.iloc[i]), seed), str(names.iloc[i])))
+        keep[ranked[:k]] = True
+    if any(k == 0 for k, _ in counts.values()):
+        found = ", ".join(f"{k} of {n} {name}" for name, (k, n) in counts.items())
+        raise DataError(f"data.train_fraction {fraction:g} keeps {found} training images; each class needs at least "
+                        f"one (raise the fraction or add images)")
+    return manifest[keep]
+
+
+def _subsample_unit(relpath: str, seed: int) -> int:
+    # a hash domain of its own, independent of the split's
+    return int.from_bytes(hashlib.sha256(f"subsample:{seed}:{relpath}".encode("utf-8")).digest()[:8], "big")
