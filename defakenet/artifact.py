@@ -48,9 +48,10 @@ def preprocessing_meta(cfg: Config) -> dict:
     return {
         "mode": cfg.model.preprocessing,
         "image_size": cfg.data.image_size,
+        "input_size": cfg.data.input_size,  # what evaluation and serving feed the network
         "input_policy": policy,
         "crop_pct": cfg.data.crop_pct,  # resize policy only
-        "resize": ("centre crop image_size at native resolution, zero-padded when smaller" if policy == "crop"
+        "resize": ("centre crop input_size at native resolution, zero-padded when smaller" if policy == "crop"
                    else "shorter-side resize to image_size/crop_pct, centre crop image_size"),
         "layout": "NCHW float32 RGB",
     }

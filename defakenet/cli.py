@@ -18,6 +18,7 @@ from defakenet.errors import UserError
 
 # flag → config key; `store_true` flags are the bool keys
 FLAGS = {
+    "--recipe": "train.recipe",
     "--data": "data.root",
     "--epochs": "train.epochs",
     "--batch-size": "train.batch_size",
@@ -105,6 +106,20 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_recipes(args: argparse.Namespace) -> int:
+    import textwrap
+
+    from defakenet.recipes import RECIPES
+
+    for name, r in RECIPES.items():
+        print(name)
+        print(textwrap.indent(textwrap.fill(r["about"], 100), "    "))
+        settings = r["settings"]
+        print("    settings: " + (" ".join(f"{k}={v}" for k, v in settings.items()) if settings else "the defaults"))
+    print("use one: defakenet train --recipe NAME … (anything you set yourself still wins)")
+    return 0
+
+
 def cmd_config_keys(args: argparse.Namespace) -> int:
     for key, typ, default, help_ in describe():
         print(f"{key:<26} {typ:<6} {default!r:<22} {help_}")
@@ -141,14 +156,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from defakenet.evaluate import evaluate_model
-    from defakenet.report import format_metrics
+    from defakenet.suite import format_result, run_suite, suite_from_args
 
-    metrics = evaluate_model(args.model, args.data, split=args.split, output=args.output, use_gpu=args.gpu,
-                             actors=args.actors, tracking_uri=args.tracking_uri)
-    print(format_metrics(metrics))
+    suite = suite_from_args(args.data, split=args.split, degrade=args.degrade, suite_file=args.suite,
+                            resamples=args.bootstrap)
+    result = run_suite(args.model, suite, output=args.output, use_gpu=args.gpu, actors=args.actors,
+                       tracking_uri=args.tracking_uri, experiment=args.experiment, log_run=not args.no_mlflow)
+    print(format_result(result))
     if args.output:
-        print(f"report: {args.output}")
+        print(f"report:  {Path(args.output) / 'report.md'}")
+    if result["run_id"]:
+        tags = f"; suite.* tags on models:/{result['name']}/{result['version']}" if result["version"] else ""
+        print(f"mlflow:  run {result['run_id']}{tags}")
     return 0
 
 
@@ -311,11 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="show the resolved config or list every key")
     csub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    p = csub.add_parser("show", help="print the config that --config/--set resolve to, as YAML")
-    _add_config_args(p)
+    p = csub.add_parser("show", help="print the config that --recipe/--config/--set resolve to, as YAML")
+    _add_config_args(p, ("--recipe",))
     p.set_defaults(func=cmd_config_show)
     p = csub.add_parser("keys", help="list every config key with its type, default and meaning")
     p.set_defaults(func=cmd_config_keys)
+    p = csub.add_parser("recipes", help="list the named recipes (--recipe NAME) and what each sets")
+    p.set_defaults(func=cmd_config_recipes)
 
     p = sub.add_parser("train", help="fine-tune DeFakeNet; ends with a test-split evaluation of the best epoch")
     _add_config_args(p, TRAIN_FLAGS)
@@ -333,16 +354,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default $RAY_ADDRESS, else a local instance)")
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("evaluate", help="score a saved model on one split and write the report")
+    p = sub.add_parser("evaluate", help="score a saved model on one or more datasets under degradations: ROC-AUC "
+                                        "with 95 %% intervals, calibration, one report and one MLflow run",
+                       epilog="Examples: defakenet evaluate --model models:/defakenet@champion --data sample=DATA "
+                              "--data photoshop=OTHER --split all --degrade none,jpeg:75,blur:1; defakenet evaluate "
+                              "--model RUN/model --suite suite.yaml. Degradations: none, jpeg:Q, blur:SIGMA, "
+                              "resize:FACTOR, noise:STD (share of 255), chained with + (docs/quality.md).")
     p.add_argument("--model", required=True, metavar="MODEL",
                    help="model directory (RUN/model), models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/model")
-    p.add_argument("--data", required=True, metavar="ROOT", help="dataset folder")
-    p.add_argument("--split", default="test", help="train, valid, test or all (default test)")
-    p.add_argument("--output", metavar="DIR", help="write metrics.json, curves and report.md here")
+    p.add_argument("--data", action="append", default=[], metavar="[NAME=]ROOT",
+                   help="a dataset to score, named NAME (default: the folder's name); repeatable")
+    p.add_argument("--suite", metavar="FILE", help="suite file (YAML): named sets with their splits, degradations; "
+                                                   "--data adds sets to it, --degrade replaces its degradations")
+    p.add_argument("--split", default="test", help="split of each --data set: train, valid, test or all (default "
+                                                   "test, cut as the model's training cut it)")
+    p.add_argument("--degrade", metavar="LIST", help="comma-separated degradations applied when the images are "
+                                                     "decoded, e.g. none,jpeg:75,jpeg:50,blur:1,resize:0.5 "
+                                                     "(default none)")
+    p.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap resamples per ROC-AUC interval (default 1000)")
+    p.add_argument("--output", metavar="DIR", help="write the report here: report.md, metrics.json, scores.csv, "
+                                                   "heatmap, ROC and reliability plots")
+    p.add_argument("--experiment", metavar="NAME", help="MLflow experiment of the suite run (default: the one the "
+                                                        "model was trained in)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the suite as an MLflow run (nor tag the "
+                                                            "registered version)")
     p.add_argument("--gpu", action="store_true", help="one GPU per inference actor")
     p.add_argument("--actors", type=int, default=1, help="inference actors (model copies) in parallel (default 1)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs (default $MLFLOW_TRACKING_URI, "
-                                          "else the SQLite store under .defakenet)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI of models:/ URIs and of the suite run (default "
+                                          "$MLFLOW_TRACKING_URI, else the SQLite store under .defakenet)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="metrics and curves from a CSV of labels (1 = fake) and scores")

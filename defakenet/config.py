@@ -35,11 +35,20 @@ class DataConfig:
                                      "image's native resolution (random in training, centre otherwise; smaller images are "
                                      "padded, never upscaled), which keeps the generator's pixel-level traces")
     crop_pct: float = _f(1.0, "input_policy resize: eval resize = image_size / crop_pct on the short side, then centre crop")
+    eval_size: int = _f(0, "input_policy crop: evaluation and serving take a centre crop of this size (>= image_size; "
+                           "0 = image_size): the network averages its patch scores over more of the image (Chai et "
+                           "al. 2020)")
     split: tuple = _f((0.7, 0.15, 0.15), "train/valid/test shares for layouts without split folders")
     split_seed: int = _f(0, "seed of the hash split; changing it reshuffles which files land in which split")
     loader_workers: int = _f(2, "decode/augment worker processes for in-process loading")
     train_fraction: float = _f(1.0, "share of the training split used, per class, chosen by data.split_seed (learning "
                                     "curves); valid and test are unchanged")
+
+
+    @property
+    def input_size(self) -> int:
+        """The side of the images evaluation and serving feed the network (training crops image_size)."""
+        return self.eval_size or self.image_size
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,8 @@ class ModelConfig:
     stages: int = _f(4, "backbone stages kept of conv2..conv5: 4 = the whole ResNet50V2, fewer = a shallower network "
                         "that sees local patches (Chai et al. ECCV 2020)")
     dropout: float = _f(0.2, "dropout before the single-logit head")
-    freeze_depth: int = _f(0, "freeze the first k of [stem, conv2, conv3, conv4, conv5]; 0 = train all, 5 = head only")
+    freeze_depth: int = _f(0, "freeze the first k of [stem, conv2, conv3, conv4, conv5] (as many as model.stages "
+                              "keeps); 0 = train all, stages + 1 = head only")
     unfreeze_epoch: int = _f(0, "staged unfreezing: from this epoch on every layer trains (new optimizer); 0 = never")
 
 
@@ -82,6 +92,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    recipe: str = _f("", "named recipe whose settings replace the defaults (`defakenet config recipes`); what you set "
+                         "yourself still wins; empty = the defaults")
     epochs: int = _f(10, "training epochs")
     batch_size: int = _f(32, "images per step per worker")
     seed: int = _f(0, "seed for weights, shuffling and augmentation")
@@ -157,8 +169,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Config:
-        """Build from a nested dict; missing keys take defaults, unknown keys raise ConfigError."""
-        return _build(cls, d or {}, prefix="")
+        """Build from a nested dict; missing keys take the recipe's values (train.recipe) or the defaults, unknown
+        keys raise ConfigError."""
+        return _build(cls, _with_recipe(d or {}), prefix="")
 
     @classmethod
     def from_sources(cls, path: str | Path | None = None, sets: typing.Iterable[str] = ()) -> Config:
@@ -242,6 +255,27 @@ def parse_set(item: str) -> tuple[str, SetText]:
 
 
 # ---- internals
+
+
+def _with_recipe(d: dict) -> dict:
+    """`d` laid over the settings of the recipe it names (train.recipe), if any."""
+    train = d.get("train")
+    name = train.get("recipe") if isinstance(train, dict) else None
+    if isinstance(name, SetText):
+        name = str(name)
+    if not name:
+        return d
+    from defakenet.recipes import recipe_settings
+
+    out: dict = {}
+    for key, value in recipe_settings(str(name)).items():
+        _put(out, key, value)
+    for section, sub in d.items():
+        if isinstance(sub, dict) and isinstance(out.get(section), dict):
+            out[section] = {**out[section], **sub}
+        else:
+            out[section] = sub
+    return out
 
 
 def _put(d: dict, key: str, value: Any) -> None:
@@ -404,6 +438,9 @@ def _validate(obj: Any, prefix: str) -> None:
             raise ConfigError(f"config key data.split needs three non-negative shares summing to 1, got {list(obj.split)}")
         if not 0 < obj.crop_pct <= 1:
             raise ConfigError(f"config key data.crop_pct must be in (0, 1], got {obj.crop_pct}")
+        if obj.eval_size and (obj.input_policy != "crop" or obj.eval_size < obj.image_size):
+            raise ConfigError(f"config key data.eval_size {obj.eval_size} needs data.input_policy crop and a size >= "
+                              f"data.image_size {obj.image_size} (0 = image_size)")
         if not 0 < obj.train_fraction <= 1:
             raise ConfigError(f"config key data.train_fraction must be in (0, 1], got {obj.train_fraction}")
     if prefix == "tune.":

@@ -34,6 +34,8 @@ DEMO_TUNE = {
     "tune.space": {"optim": {"lr": {"loguniform": [3e-4, 3e-3]}}},
 }
 DEMO_PREDICT_PER_CLASS = 3
+# the synthetic traces are pixel-level: the suite shows what re-compression and blur do to them
+DEMO_DEGRADATIONS = ("none", "jpeg:75", "blur:1")
 
 
 def _free_port(preferred: int = 8000) -> int:
@@ -70,8 +72,7 @@ def run_demo(home: Path) -> int:
     from defakenet.client import format_line, predict_file
     from defakenet.data.inspect import inspect_dataset
     from defakenet.data.synth import make_dataset
-    from defakenet.evaluate import evaluate_model
-    from defakenet.report import format_metrics
+    from defakenet.suite import Suite, SuiteSet, format_result, run_suite
     from defakenet.serve import ServeArgs, run_server
     from defakenet.train import fit
     from defakenet.tune import run_study
@@ -92,12 +93,12 @@ def run_demo(home: Path) -> int:
     url = None
     try:
         summary = fit(cfg)
-        print("[4/7] evaluate the registered version on the test split (Ray Data batch inference)")
+        print(f"[4/7] evaluation suite: the registered version on the test split, clean and under "
+              f"{', '.join(DEMO_DEGRADATIONS[1:])} (Ray Data batch inference, one MLflow run)")
         model = summary.get("registered", summary["model_dir"])
         tracking_uri = summary["tracking_uri"]
-        metrics = evaluate_model(model, str(data), split="test", output=home / "evaluation",
-                                 tracking_uri=tracking_uri)
-        print(format_metrics(metrics))
+        suite = Suite((SuiteSet("synthetic", str(data), "test"),), DEMO_DEGRADATIONS)
+        print(format_result(run_suite(model, suite, output=home / "evaluation", tracking_uri=tracking_uri)))
         ray.shutdown()  # the study sizes its own local instance
 
         print(f"[5/7] tune: {DEMO_TUNE['tune.num_samples']} trials of {DEMO_TUNE['train.epochs']} epochs on Ray Tune "

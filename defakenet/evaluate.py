@@ -1,24 +1,22 @@
-"""Batch inference and evaluation of a saved model with Ray Data.
+"""Batch inference of a saved model with Ray Data.
 
 `score_rows` runs the model over manifest rows with `map_batches` on a pool of actors (one model copy each, on a
-GPU when asked); `evaluate_model` resolves a model (a directory or an MLflow `models:/` URI), recomputes the split
-with the shares and seed stored with the model — so "test" means the files it meant in training — and writes the
-report with the threshold chosen on valid at training time.
+GPU when asked), in row order. Rows may carry a `degrade` column (a degradation spec per row, applied to the
+decoded image before the model's own preprocessing). Training's final evaluation and `defakenet evaluate`
+(`suite.run_suite`, which recomputes each set's split with the shares and seed stored with the model) both score
+through it.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from defakenet.artifact import load_model
-from defakenet.data.layouts import read_manifest
-from defakenet.errors import DataError
-from defakenet.metrics import compute_metrics
 
-SPLITS = ("train", "valid", "test", "all")
 # rows per inference call on CPU; GPU actors take bigger batches
 BATCH_CPU, BATCH_GPU = 32, 256
 
@@ -59,8 +57,10 @@ class _Scorer:
         return {"label": np.asarray(batch["label"]), "score": p}
 
 
-def score_rows(model_dir: str | Path, rows, *, use_gpu: bool = False, actors: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and p(fake) for manifest `rows`, in row order, by Ray Data batch inference."""
+def score_rows(model_dir: str | Path, rows, *, use_gpu: bool = False, actors: int = 1,
+               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and p(fake) for manifest `rows` (columns path, label, optionally degrade), in row order, by Ray Data
+    batch inference; `progress(images scored so far)` is called after each batch."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -76,40 +76,11 @@ def score_rows(model_dir: str | Path, rows, *, use_gpu: bool = False, actors: in
         batch_format="numpy", compute=ActorPoolStrategy(size=actors), num_gpus=1 if use_gpu else 0,
     )
     scored.context.execution_options.preserve_order = True
-    labels, scores = [], []
+    labels, scores, done = [], [], 0
     for b in scored.iter_batches(batch_size=None, batch_format="numpy"):
         labels.append(b["label"])
         scores.append(b["score"])
+        done += len(b["score"])
+        if progress is not None:
+            progress(done)
     return np.concatenate(labels).astype(np.int64), np.concatenate(scores).astype(np.float64)
-
-
-def evaluate_model(
-    model: str, data_root: str, *, split: str = "test", output: str | Path | None = None, use_gpu: bool = False,
-    actors: int = 1, tracking_uri: str | None = None,
-) -> dict:
-    """Score `split` of `data_root` with `model` (directory or models:/ URI); writes a report if `output`."""
-    from defakenet import tracking
-    from defakenet.report import write_report
-
-    if split not in SPLITS:
-        raise DataError(f"Invalid split {split!r}. Only {', '.join(SPLITS)} are supported.")
-    if model.startswith(("models:/", "runs:/")):
-        tracking_uri = tracking.resolve_tracking_uri(tracking_uri or "", tracking.DEFAULT_HOME)
-    # a registry model is downloaded into a folder of our own and removed after scoring (~100 MB per call)
-    with tempfile.TemporaryDirectory(prefix="defakenet-eval-") as tmp:
-        model_dir = tracking.resolve_model(model, tmp, tracking_uri=tracking_uri)
-        saved = load_model(model_dir)
-        cfg = saved.config
-        manifest = read_manifest(data_root, ratios=cfg.data.split, seed=cfg.data.split_seed)
-        rows = manifest if split == "all" else manifest[manifest["split"] == split]
-        if not len(rows):
-            raise DataError(f"split {split!r} of {data_root} has no images")
-        from defakenet.train import init_ray
-
-        init_ray(cfg.replace(**{"resources.workers": actors, "resources.use_gpu": use_gpu}))
-        labels, scores = score_rows(model_dir, rows, use_gpu=use_gpu, actors=actors)
-    metrics = compute_metrics(labels, scores, threshold=saved.threshold)
-    if output:
-        write_report(output, labels, scores, saved.threshold, title=f"defakenet {split} split ({data_root})",
-                     extra={"model": model, "data": data_root, "split": split})
-    return metrics

@@ -48,12 +48,16 @@ _EPS = 1e-12  # float noise: an accuracy drop of exactly max_accuracy_drop passe
 
 
 def gate(name: str, version: int, *, tracking_uri: str | None = None, auc_margin: float,
-         max_accuracy_drop: float) -> dict[str, Any]:
+         max_accuracy_drop: float, suite=None, max_set_auc_drop: float = 0.0, use_gpu: bool = False,
+         log=print) -> dict[str, Any]:
     """Give `version` of `name` the alias champion or challenger by comparing its test metrics with the champion's.
 
     Champion if there is no champion yet, or if test ROC-AUC > champion's + `auc_margin` and test accuracy >=
     champion's - `max_accuracy_drop`; challenger otherwise (also when the champion has no test metrics to compare
-    with: promote by hand then). The decision is recorded as `gate.*` tags and in the version's description.
+    with: promote by hand then). With a `suite` (defakenet.suite.Suite) the new version is scored on it (a suite
+    run, `suite.*` tags on the version), and so is the champion unless its tags hold this suite's numbers; a version
+    whose ROC-AUC on any suite cell (set × degradation) is more than `max_set_auc_drop` below the champion's stays
+    challenger, and the reason names that set. The decision is recorded as `gate.*` tags and in the description.
 
     Returns {name, version, decision, reason, line, new: {test_roc_auc, test_accuracy}, champion: {version,
     test_roc_auc, test_accuracy} or None}; `line` is "NAME vN → decision: reason" for logs.
@@ -72,8 +76,17 @@ def gate(name: str, version: int, *, tracking_uri: str | None = None, auc_margin
     champ_row = next((v for v in versions if CHAMPION in v["aliases"]), None)
     champ = None if champ_row is None else {"version": champ_row["version"], **_test_metrics(champ_row)}
     decision, reason = _decide(int(version), new, champ, auc_margin, max_accuracy_drop)
+    suite_tags: dict[str, Any] = {}
+    if suite is not None:
+        ok, sentence = _suite_rule(name, int(version), champ_row, suite, max_set_auc_drop, tracking_uri, use_gpu, log)
+        if decision == CHAMPION and not ok:
+            decision, reason = CHALLENGER, f"{reason[:-1]}, but {sentence}."
+        else:
+            reason = f"{reason[:-1]}; {sentence}."
+        suite_tags = {"gate.suite_digest": suite.digest(), "gate.max_set_auc_drop": float(max_set_auc_drop),
+                      "gate.suite_passed": ok}
 
-    tags = {"gate.decision": decision, "gate.reason": reason, "gate.test_roc_auc": new[AUC],
+    tags = {**suite_tags, "gate.decision": decision, "gate.reason": reason, "gate.test_roc_auc": new[AUC],
             "gate.test_accuracy": new[ACCURACY], "gate.auc_margin": float(auc_margin),
             "gate.max_accuracy_drop": float(max_accuracy_drop), "gate.at": _now(),
             "gate.champion_version": champ["version"] if champ else "none",
@@ -125,6 +138,23 @@ def _decide(version: int, new: dict, champ: dict | None, auc_margin: float,
     if acc_ok:
         return CHALLENGER, f"v{version}'s {auc} (its {acc})."
     return CHALLENGER, f"v{version}'s {auc}, and its {acc}."
+
+
+def _suite_rule(name: str, version: int, champ_row: dict | None, suite, max_drop: float, tracking_uri: str | None,
+                use_gpu: bool, log) -> tuple[bool, str]:
+    """Score `version` (and the champion, unless its tags already hold this suite) on `suite`; (passes, sentence)."""
+    from defakenet.suite import cell_auc_map, cell_aucs_from_tags, compare_cells, run_suite
+
+    def scored(v: int) -> dict:
+        log(f"registry: scoring {name} v{v} on the promotion suite ({suite.source})")
+        return cell_auc_map(run_suite(f"models:/{name}/{v}", suite, tracking_uri=tracking_uri, use_gpu=use_gpu,
+                                      log=log))
+
+    new = scored(version)
+    if champ_row is None or champ_row["version"] == version:
+        return True, f"the promotion suite was recorded for v{version} (no other champion to compare with)"
+    champ = cell_aucs_from_tags(champ_row["tags"], suite) or scored(champ_row["version"])
+    return compare_cells(new, champ, max_drop)
 
 
 # ---- moving the champion by hand
@@ -233,6 +263,12 @@ def format_show(d: dict[str, Any]) -> str:
     lines = [f"{d['name']} v{d['version']}  aliases: {', '.join(d['aliases']) or '-'}"]
     if d["gate"]:
         lines.append(f"gate:     {d['gate']['decision']}: {d['gate']['reason']}")
+    t = d["tags"]
+    if "suite.worst_set" in t:  # left by the latest suite run on this version (defakenet evaluate, the gate)
+        lines.append(f"suite:    worst set {t['suite.worst_set']} ROC-AUC {float(t['suite.worst_set_auc']):.4f}, worst "
+                     f"cell {t.get('suite.worst_cell', '?')} {float(t.get('suite.worst_cell_auc', 'nan')):.4f} "
+                     f"(sets {t.get('suite.sets', '?')}; suite {t.get('suite.digest', '?')}, run "
+                     f"{t.get('suite.run_id', '?')}, {t.get('suite.at', '?')})")
     lines += [f"status:   {d['status']}", f"created:  {d['created']}", f"run:      {d['run_id'] or '-'}",
               f"source:   {d['source']}"]
     lines.append("metrics:  " + (", ".join(f"{k} {_num(v)}" for k, v in sorted(d["metrics"].items())) or "none"))

@@ -370,7 +370,7 @@ class Detector:
         m = self.current
         pre = m.meta.get("preprocessing", {})
         return {"name": m.name, "version": m.version, "alias": m.alias, "uri": self.args.model,
-                "input_size": pre.get("image_size"), "preprocessing": pre, "threshold": m.threshold,
+                "input_size": pre.get("input_size", pre.get("image_size")), "preprocessing": pre, "threshold": m.threshold,
                 "test_metrics": m.meta.get("test_metrics", {}),
                 "batching": {"max_batch_size": self.args.max_batch_size,
                              "batch_wait_timeout_s": self.args.batch_wait_timeout_s,

@@ -247,6 +247,30 @@ class Tracker:
             raise RuntimeError(f"run {self.run_id} is not the active MLflow run (ended already?)")
 
 
+def record_run(tracking_uri: str, experiment: str, run_name: str, *, tags: dict[str, Any], params: dict[str, Any],
+               metrics: dict[str, float], artifacts: str | Path | None = None, artifact_path: str | None = None) -> str:
+    """Log a whole, FINISHED run in one call through the client (an evaluation that is done when it is logged);
+    the process's active run, e.g. the training run whose version a suite gates, is left alone. Returns its id."""
+    from mlflow.entities import Param
+
+    c = _client(tracking_uri)
+    exp_id = _experiment_id(c, experiment, tracking_uri)
+    run = c.create_run(exp_id, run_name=run_name, tags={k: _param_str(v)[:MAX_PARAM_LENGTH] for k, v in tags.items()})
+    run_id = run.info.run_id
+    try:
+        todo = [Param(k, _param_str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for i in range(0, len(todo), 100):
+            c.log_batch(run_id, params=todo[i : i + 100])
+        log_metrics_to(c, run_id, metrics)
+        if artifacts is not None:
+            c.log_artifacts(run_id, str(artifacts), artifact_path)
+    except BaseException:
+        c.set_terminated(run_id, "FAILED")
+        raise
+    c.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 def metrics_client(tracking_uri: str):
     """A client for logging into an existing run from another process (the rank-0 Ray Train worker).
 
@@ -358,7 +382,7 @@ _PYFUNC_CODE = '''\
 """defakenet as an MLflow pyfunc (models from code): p(fake) for preprocessed images, no pickle.
 
 Input: float32 array (N, 3, S, S), RGB already resized, centre-cropped and normalised as the model metadata's
-`preprocessing` says (S = its image_size). Output: float32 array (N,) of p(fake) = sigmoid(logit).
+`preprocessing` says (S = its input_size). Output: float32 array (N,) of p(fake) = sigmoid(logit).
 The weights, config and metadata are the defakenet model directory in the artifact `model_dir`.
 """
 
@@ -412,8 +436,9 @@ def log_model(model_dir: str | Path, *, name: str = "model", registered_model_na
         raise RuntimeError("log_model needs an active MLflow run (Tracker.start)")
     meta = json.loads((model_dir / META_FILE).read_text())
     meta = json.loads(json.dumps({**meta, **(metadata or {})}, default=float))
-    size = int(meta.get("preprocessing", {}).get("image_size") or Config.from_dict(
-        json.loads((model_dir / CONFIG_FILE).read_text())).data.image_size)
+    pre = meta.get("preprocessing", {})
+    size = int(pre.get("input_size") or pre.get("image_size") or Config.from_dict(
+        json.loads((model_dir / CONFIG_FILE).read_text())).data.input_size)
     # unnamed tensors: pyfunc hands predict a plain ndarray and returns one
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, size, size))]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
@@ -601,6 +626,11 @@ def set_model_tags(name: str, tags: dict[str, Any], *, tracking_uri: str | None 
     _registered_model(client, name)
     for k, v in tags.items():
         client.set_registered_model_tag(name, k, _param_str(v) if not isinstance(v, str) else v)
+
+
+def registered_version(uri: str, *, tracking_uri: str | None = None) -> tuple[str, int]:
+    """models:/NAME/VERSION, models:/NAME/latest or models:/NAME@ALIAS → (NAME, version the URI means now)."""
+    return _registered_version(_client(tracking_uri), uri)
 
 
 def _registered_version(client, uri: str) -> tuple[str, int]:

@@ -392,15 +392,33 @@ def check_gpus(needed: float, *, local: bool) -> None:
 
 
 def load_run_inputs(cfg: Config, log: Callable[[str], None], prefix: str):
-    """The manifest of cfg.data.root (each split checked) and cfg with a run name and absolute local paths."""
+    """The manifest of cfg.data.root (each split checked; the training split cut to data.train_fraction) and cfg
+    with a run name and absolute local paths."""
+    from defakenet.data.splits import subsample_train
+
     if not cfg.data.root:
         raise UserError("no dataset: pass --data ROOT (or set data.root in --config)")
     manifest = read_manifest(cfg.data.root, ratios=cfg.data.split, seed=cfg.data.split_seed)
     check_splits(manifest)
+    n_train = int((manifest["split"] == "train").sum())
+    if cfg.data.train_fraction < 1:
+        manifest = subsample_train(manifest, cfg.data.train_fraction, seed=cfg.data.split_seed)
     counts = manifest.groupby("split")["label"].agg(["count", "sum"])
-    log("data: " + ", ".join(f"{s} {int(r['count'])} ({int(r['sum'])} fake)" for s, r in counts.iterrows()))
+    cut = cfg.data.train_fraction < 1  # "train 14 of 56 (7 fake; data.train_fraction 0.25)"
+    log("data: " + ", ".join(
+        f"{s} {int(r['count'])} of {n_train} ({int(r['sum'])} fake; data.train_fraction {cfg.data.train_fraction:g})"
+        if cut and s == "train" else f"{s} {int(r['count'])} ({int(r['sum'])} fake)" for s, r in counts.iterrows()))
+    if cfg.promote.suite:
+        # the promotion suite's sets are read and checked now, not after hours of training
+        from defakenet.suite import load_suite, suite_rows
+
+        suite = load_suite(cfg.promote.suite)
+        suite_rows(suite, cfg.data.split, cfg.data.split_seed)
+        log(f"promotion suite: {suite.source} ({', '.join(s.name for s in suite.sets)}; "
+            f"max ROC-AUC drop per cell {cfg.promote.max_set_auc_drop:g})")
     cfg = cfg.replace(**{"tracking.run_name": cfg.tracking.run_name or default_run_name(prefix),
-                         "data.root": _absolute(cfg.data.root), "model.weights": _absolute(cfg.model.weights)})
+                         "data.root": _absolute(cfg.data.root), "model.weights": _absolute(cfg.model.weights),
+                         "promote.suite": _absolute(cfg.promote.suite)})
     return cfg, manifest
 
 
@@ -453,7 +471,10 @@ def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None 
         tracker.log_config(cfg)
         model_probe = build_model(cfg.replace(**{"model.weights": ""}))
         trainable = count_parameters(model_probe, trainable_only=True)
-        log(f"run {run_name}: ResNet50V2 DeFakeNet, freeze_depth {cfg.model.freeze_depth}, {trainable:,} trainable "
+        m = cfg.model
+        net = "ResNet50V2" if m.stages == 4 else f"ResNet50V2 conv2-conv{m.stages + 1}"
+        log(f"run {run_name}: {net} DeFakeNet, input {cfg.data.input_policy} {cfg.data.image_size} px, filter "
+            f"{m.input_filter}, freeze_depth {m.freeze_depth}, {trainable:,} trainable "
             f"of {count_parameters(model_probe):,} parameters, {cfg.resources.workers} workers "
             f"({'GPU' if cfg.resources.use_gpu else 'CPU'}); MLflow {tracking_uri} run {tracker.run_id}")
         tracker.log_system_info(_system_info(cfg, trainable))
@@ -511,9 +532,13 @@ def finish(cfg: Config, manifest, best_dir: Path, out: Path, *, tracker=None,
             log(f"registered {info['registered_model_uri']}")
             if "test" in summary:  # the promotion gate: champion or challenger (defakenet.registry)
                 from defakenet.registry import gate
+                from defakenet.suite import load_suite
 
+                suite = load_suite(cfg.promote.suite) if cfg.promote.suite else None
                 decision = gate(cfg.tracking.register, info["version"], tracking_uri=tracker.tracking_uri,
-                                auc_margin=cfg.promote.auc_margin, max_accuracy_drop=cfg.promote.max_accuracy_drop)
+                                auc_margin=cfg.promote.auc_margin, max_accuracy_drop=cfg.promote.max_accuracy_drop,
+                                suite=suite, max_set_auc_drop=cfg.promote.max_set_auc_drop,
+                                use_gpu=cfg.resources.use_gpu, log=log)
                 summary["alias"] = decision["decision"]
                 log(f"registry: {decision['line']}")
             else:

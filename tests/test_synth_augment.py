@@ -116,6 +116,22 @@ def test_crop_policy_eval_is_a_native_centre_crop():
     np.testing.assert_array_equal(out, normalize(img[6:38, 14:46], "tf"))
 
 
+def test_crop_policy_eval_size_widens_the_centre_crop_only_in_evaluation():
+    from defakenet.artifact import preprocessing_meta
+    from defakenet.errors import ConfigError
+
+    img = np.random.default_rng(3).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    wide = DataConfig(image_size=32, input_policy="crop", eval_size=48)
+    out = Preprocess(wide, None, "tf")(img)
+    np.testing.assert_array_equal(out, normalize(img[8:56, 16:64], "tf"))  # (64-48)//2, (80-48)//2
+    assert Preprocess(wide, AugmentConfig(), "tf", seed=0)(img).shape == (3, 32, 32)  # training still crops 32
+    meta = preprocessing_meta(Config.from_dict({"data": {"input_policy": "crop", "image_size": 32, "eval_size": 48}}))
+    assert (meta["image_size"], meta["input_size"]) == (32, 48)
+    for bad in ({"eval_size": 48}, {"input_policy": "crop", "image_size": 64, "eval_size": 48}):
+        with pytest.raises(ConfigError, match="data.eval_size 48 needs data.input_policy crop"):
+            Config.from_dict({"data": bad})
+
+
 def test_crop_policy_pads_small_images_evenly_and_never_upscales():
     img = _random_image(20, 25)
     out = Preprocess(CROP, None, "tf")(img)

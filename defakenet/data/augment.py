@@ -80,10 +80,11 @@ def reseed(compose: A.Compose, entropy: list[int] | int) -> None:
 
 
 def eval_transform(data: DataConfig) -> A.Compose:
-    """resize: the short side to image_size / crop_pct, then centre crop image_size. crop: centre crop image_size
-    at native resolution, zero-padded when smaller."""
+    """resize: the short side to image_size / crop_pct, then centre crop image_size. crop: centre crop of
+    data.input_size (eval_size, else image_size) at native resolution, zero-padded when smaller."""
     s = data.image_size
     if _policy(data) == "crop":
+        s = data.input_size
         return A.Compose([_pad_to(s), A.CenterCrop(height=s, width=s, p=1.0)])
     return A.Compose(
         [A.SmallestMaxSize(max_size=int(round(s / data.crop_pct)), p=1.0), A.CenterCrop(height=s, width=s, p=1.0)]
