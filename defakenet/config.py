@@ -62,6 +62,10 @@ class AugmentConfig:
     blur_sigma_max: float = _f(3.0, "largest Gaussian blur sigma")
     noise_p: float = _f(0.1, "Gaussian noise probability")
     noise_std_max: float = _f(0.03, "largest noise std as a share of 255")
+    erase_p: float = _f(0.0, "random erasing probability (Zhong et al. 2020): 1-3 zero-filled holes of 10-25 % of the "
+                             "side each")
+    mixup_alpha: float = _f(0.0, "mixup (Zhang et al. 2018): each batch blended with a shuffled copy of itself by "
+                                 "lambda ~ Beta(alpha, alpha), labels alike; 0 = off")
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,10 @@ class PromoteConfig:
 
 
 def _default_space() -> dict:
-    return {"optim": {"lr": {"loguniform": [1e-5, 1e-2]}}, "model": {"freeze_depth": {"int": [0, 5]}}}
+    # learning rate and freeze depth (fine-tuning), and the augmentation strength that mattered on real faces:
+    # random resized crops that rescale the face cost ROC-AUC (docs/quality.md)
+    return {"optim": {"lr": {"loguniform": [1e-5, 1e-2]}}, "model": {"freeze_depth": {"int": [0, 5]}},
+            "augment": {"scale_min": {"uniform": [0.6, 1.0]}}}
 
 
 @dataclass(frozen=True)
@@ -456,5 +463,7 @@ def _validate(obj: Any, prefix: str) -> None:
     if prefix == "model." and not 0 <= obj.freeze_depth <= obj.stages + 1:
         raise ConfigError(f"config key model.freeze_depth must be in 0..{obj.stages + 1} (stem + {obj.stages} "
                           f"stages), got {obj.freeze_depth}")
+    if prefix == "augment." and obj.mixup_alpha < 0:
+        raise ConfigError(f"config key augment.mixup_alpha must be >= 0 (0 = off), got {obj.mixup_alpha}")
     if prefix == "promote." and obj.max_set_auc_drop < 0:
         raise ConfigError(f"config key promote.max_set_auc_drop must be >= 0, got {obj.max_set_auc_drop}")

@@ -118,14 +118,22 @@ def train_one_epoch(
     channels_last: bool = False,
     grad_clip: float = 0.0,
     label_smoothing: float = 0.0,
+    mixup_alpha: float = 0.0,
     max_steps: int = 0,
     scaler: torch.amp.GradScaler | None = None,
 ) -> dict:
-    """One pass over `batches`; returns mean loss, images seen, seconds and images/s."""
+    """One pass over `batches`; returns mean loss, images seen, seconds and images/s.
+
+    `mixup_alpha` > 0 blends each batch with a shuffled copy of itself (Zhang et al., "mixup", ICLR 2018): images
+    and labels by the same lambda ~ Beta(alpha, alpha), drawn from torch's generator (seeded by train.seed)."""
     model.train()
     total_loss, images, steps = 0.0, 0, 0
+    beta = torch.distributions.Beta(mixup_alpha, mixup_alpha) if mixup_alpha > 0 else None
     start = time.perf_counter()
     for x, y in _to_device(batches, device, channels_last):
+        if beta is not None:
+            lam, perm = float(beta.sample()), torch.randperm(len(y), device=y.device)
+            x, y = lam * x + (1.0 - lam) * x[perm], lam * y + (1.0 - lam) * y[perm]
         with autocast(device, amp):
             loss = loss_fn(model(x), y, label_smoothing)
         optimizer.zero_grad(set_to_none=True)

@@ -145,12 +145,9 @@ def train_func_per_worker(config: dict) -> None:
         model = model.to(memory_format=torch.channels_last)
     plain = model
 
-    steps = steps_per_epoch(n_train, cfg.train.batch_size, world)
+    steps = steps_per_epoch(n_train, cfg.train.batch_size, world)  # >= 1: make_trainer checked it
     if cfg.train.max_steps:
         steps = min(steps, cfg.train.max_steps)
-    if steps < 1:
-        raise DataError(f"train split of {n_train} images is too small for {world} workers x batch "
-                        f"{cfg.train.batch_size}; lower train.batch_size or resources.workers")
 
     def prepare(done_steps: int):
         """DDP over the currently trainable parameters, a fresh optimizer and the schedule at `done_steps`."""
@@ -187,7 +184,8 @@ def train_func_per_worker(config: dict) -> None:
         stats = train_one_epoch(
             model, iter_batches(train_shard, cfg.train.batch_size, train=True, seed=cfg.train.seed), optimizer,
             scheduler, device=device, amp=cfg.train.amp, channels_last=channels_last, grad_clip=cfg.optim.grad_clip,
-            label_smoothing=cfg.optim.label_smoothing, max_steps=steps, scaler=scaler,
+            label_smoothing=cfg.optim.label_smoothing, mixup_alpha=cfg.augment.mixup_alpha, max_steps=steps,
+            scaler=scaler,
         )
         labels, scores = predict(plain, iter_batches(valid_shard, cfg.train.batch_size, train=False), device=device,
                                  amp=cfg.train.amp, channels_last=channels_last)
@@ -428,9 +426,12 @@ def make_trainer(cfg: Config, manifest, *, callbacks: list) -> TorchTrainer:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from defakenet.data.pipeline import build_dataset, dataset_config
+    from defakenet.data.pipeline import build_dataset, dataset_config, steps_per_epoch
 
     train_rows = manifest[manifest["split"] == "train"]
+    if steps_per_epoch(len(train_rows), cfg.train.batch_size, cfg.resources.workers) < 1:
+        raise DataError(f"train split of {len(train_rows)} images is too small for {cfg.resources.workers} workers x "
+                        f"batch {cfg.train.batch_size}; lower train.batch_size or resources.workers")
     return TorchTrainer(
         train_func_per_worker,
         train_loop_config={"config": cfg.to_dict(), "n_train": len(train_rows)},

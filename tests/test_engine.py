@@ -45,3 +45,59 @@ def test_bf16_autocast_and_channels_last_train_and_predict_like_fp32():
     assert mixed.head.weight.dtype == torch.float32 and not torch.equal(mixed.head.weight, before)
     frozen = dict(mixed.named_parameters())["backbone.conv1_conv.weight"]
     assert torch.equal(frozen, dict(ref.named_parameters())["backbone.conv1_conv.weight"])  # frozen stem untouched
+
+
+class _Seen(torch.nn.Module):
+    """A linear classifier that keeps the images it was shown (to see what mixup feeds the network)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 8 * 8, 1)
+        self.inputs = []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.fc(x.flatten(1)).squeeze(1)
+
+
+def test_mixup_blends_each_batch_with_a_shuffled_copy_of_itself():
+    data = _batches(n=3, size=8, seed=1)
+    for alpha, mixed in ((0.0, False), (0.4, True)):
+        torch.manual_seed(0)
+        model = _Seen()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        train_one_epoch(model, data, opt, sched, device=torch.device("cpu"), mixup_alpha=alpha)
+        for (x, _), seen in zip(data, model.inputs):
+            assert torch.allclose(seen.mean(0), x.mean(0), atol=1e-6)  # a permutation keeps the batch mean
+            assert torch.equal(seen, x) is not mixed
+            if mixed:  # row i is lam * x_i + (1 - lam) * x_j for one lam of the batch and some j
+                lams = {round(_blend(s, x[i], x), 4) for i, s in enumerate(seen) if not torch.equal(s, x[i])}
+                assert len(lams) == 1 and 0 < lams.pop() < 1
+
+
+def _blend(s, xi, x) -> float:
+    """The lam with s = lam * xi + (1 - lam) * x_j for some row x_j of x (an assertion error if there is none)."""
+    for xj in x:
+        d = (xi - xj).flatten()
+        if d.abs().max() == 0:
+            continue
+        lam = torch.dot((s - xj).flatten(), d) / d.square().sum()
+        if (s - xj - lam * (xi - xj)).abs().max() < 1e-5:
+            return float(lam)
+    raise AssertionError("not a blend of two rows of the batch")
+
+
+def test_random_erasing_zeroes_holes():
+    import numpy as np
+
+    from defakenet.config import AugmentConfig, DataConfig
+    from defakenet.data.augment import Preprocess
+
+    img = np.random.default_rng(0).integers(1, 256, (64, 64, 3), dtype=np.uint8)  # no zero pixel anywhere
+    data = DataConfig(image_size=64, input_policy="crop")
+    plain = AugmentConfig(flip_p=0, jitter_p=0, jpeg_p=0, blur_p=0, noise_p=0)
+    assert (Preprocess(data, plain, "tf", seed=0)(img) > -1).all()
+    erased = Preprocess(data, AugmentConfig(**{**plain.__dict__, "erase_p": 1.0}), "tf", seed=0)(img)
+    holes = (erased == -1).all(axis=0)  # a zero pixel is -1 in tf mode, in every channel
+    assert 0.01 < holes.mean() < 0.2

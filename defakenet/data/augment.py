@@ -60,6 +60,8 @@ def train_transform(data: DataConfig, aug: AugmentConfig, seed: int | None = Non
             # blur_limit 0 lets albumentations size the kernel from sigma; sigma 0 is a no-op blur
             A.GaussianBlur(blur_limit=0, sigma_limit=(1e-3, aug.blur_sigma_max), p=aug.blur_p),
             A.GaussNoise(std_range=(0.0, aug.noise_std_max), p=aug.noise_p),
+            A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.1, 0.25), hole_width_range=(0.1, 0.25),
+                            fill=0, p=aug.erase_p),
         ]
     )
     if seed is not None:
