@@ -115,7 +115,9 @@ def cmd_config_recipes(args: argparse.Namespace) -> int:
         print(name)
         print(textwrap.indent(textwrap.fill(r["about"], 100), "    "))
         settings = r["settings"]
-        print("    settings: " + (" ".join(f"{k}={v}" for k, v in settings.items()) if settings else "the defaults"))
+        shown = [f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in settings.items()]
+        print(textwrap.indent(textwrap.fill("settings: " + (" ".join(shown) or "the defaults"), 100,
+                                            break_long_words=False, break_on_hyphens=False), "    "))
     print("use one: defakenet train --recipe NAME … (anything you set yourself still wins)")
     return 0
 

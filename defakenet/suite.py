@@ -231,21 +231,23 @@ def run_suite(model: str, suite: Suite, *, output: str | Path | None = None, use
     from defakenet.metrics import cell_metrics
     from defakenet.suite_report import write_suite_report
 
-    registry_uri = model.startswith(("models:/", "runs:/"))
-    if registry_uri or log_run:
+    if log_run or model.startswith(("models:/", "runs:/")):
         tracking_uri = tracking.resolve_tracking_uri(tracking_uri or "", tracking.DEFAULT_HOME)
+    name = version = None
+    source = model
+    if model.startswith("models:/") and not model.startswith("models:/m-"):
+        # an alias is resolved once, here: what is scored and tagged is the version it pointed at now
+        name, version = tracking.registered_version(model, tracking_uri=tracking_uri)
+        source = f"models:/{name}/{version}"
     with tempfile.TemporaryDirectory(prefix="defakenet-suite-") as tmp:
         # a registry model is downloaded into a folder of our own and removed after scoring (~100 MB per call)
-        model_dir = tracking.resolve_model(model, Path(tmp) / "model", tracking_uri=tracking_uri)
+        model_dir = tracking.resolve_model(source, Path(tmp) / "model", tracking_uri=tracking_uri)
         saved = load_model(model_dir)
         cfg = saved.config
-        name, version = registered_version(model, tracking_uri) if model.startswith("models:/") else (None, None)
         rows = suite_rows(suite, cfg.data.split, cfg.data.split_seed)
-        n_cells = len(suite.cells())
-        log(f"model: {model}{f' (v{version})' if version is not None and f'/{version}' not in model else ''}: "
-            f"threshold {saved.threshold:.4f}, {cfg.data.input_policy} {cfg.data.image_size} px, "
-            f"filter {cfg.model.input_filter}")
-        log(f"suite: {len(suite.sets)} set(s) × degradations = {n_cells} cell(s), {len(rows):,} images to score")
+        log(f"model: {model}{f' ({name} v{version})' if source != model else ''}, threshold {saved.threshold:.4f}, "
+            f"input {cfg.data.input_policy} {cfg.data.input_size} px, filter {cfg.model.input_filter}")
+        log(f"suite: {len(suite.sets)} set(s), {len(suite.cells())} cell(s), {len(rows):,} images to score")
         from defakenet.train import init_ray
 
         init_ray(cfg.replace(**{"resources.workers": actors, "resources.use_gpu": use_gpu}))
@@ -259,11 +261,11 @@ def run_suite(model: str, suite: Suite, *, output: str | Path | None = None, use
         m = cell_metrics(labels[idx], scores[idx], saved.threshold, resamples=suite.resamples, seed=suite.seed)
         cells.append({"set": set_name, "degradation": deg, "labels": labels[idx], "scores": scores[idx],
                       "paths": rows["path"].iloc[idx].astype(str).tolist(), "metrics": m})
-    summary = summarise(cells, suite)
+    summary = summarise(cells)
     info = {"model": model, "registered_model": name, "version": version, "threshold": saved.threshold,
             "suite_digest": suite.digest(), "suite_source": suite.source, "suite": suite.to_dict(),
             "input_policy": cfg.data.input_policy, "input_filter": cfg.model.input_filter,
-            "image_size": cfg.data.image_size, "summary": summary}
+            "image_size": cfg.data.image_size, "input_size": cfg.data.input_size, "summary": summary}
     result: dict[str, Any] = {"model": model, "name": name, "version": version, "threshold": saved.threshold,
                               "suite": suite, "summary": summary, "report": None, "run_id": None,
                               "cells": [{"set": c["set"], "degradation": c["degradation"], **c["metrics"]}
@@ -294,7 +296,7 @@ def _progress_printer(total: int, start: float, log: Callable[[str], None]) -> C
     return report
 
 
-def summarise(cells: list[dict], suite: Suite) -> dict:
+def summarise(cells: list[dict]) -> dict:
     """The numbers a version is judged by: each set's ROC-AUC on its first degradation (normally `none`), the
     worst set, and the worst cell over every degradation."""
     per_set: dict[str, dict] = {}
@@ -307,13 +309,6 @@ def summarise(cells: list[dict], suite: Suite) -> dict:
             "worst_set": worst_set["set"], "worst_set_auc": worst_set["metrics"]["roc_auc"],
             "worst_cell": f"{worst_cell['set']} ({worst_cell['degradation']})",
             "worst_cell_auc": worst_cell["metrics"]["roc_auc"]}
-
-
-def registered_version(model: str, tracking_uri: str | None) -> tuple[str, int]:
-    """(name, version) behind models:/NAME/VERSION or models:/NAME@ALIAS (the version the alias points at now)."""
-    from defakenet import tracking
-
-    return tracking.registered_version(model, tracking_uri=tracking_uri)
 
 
 def metric_key(set_name: str, degradation: str, metric: str) -> str:

@@ -30,7 +30,8 @@ DEFAULT_REGISTERED_NAME = "defakenet"
 TRIAL_DRIVER_CPUS = 0.25
 # the columns of the live table and the results CSV that come from the space (short names)
 SHORT = {"optim.lr": "lr", "model.freeze_depth": "freeze", "optim.weight_decay": "wd", "train.batch_size": "batch",
-         "optim.label_smoothing": "smooth", "augment.scale_min": "scale_min"}
+         "optim.label_smoothing": "smooth", "augment.scale_min": "scale_min", "model.stages": "stages",
+         "data.image_size": "size", "augment.mixup_alpha": "mixup", "model.input_filter": "filter"}
 
 
 def param_space(cfg: Config) -> dict:

@@ -66,3 +66,33 @@ def test_config_is_frozen_and_keys_listed():
 def test_set_keeps_strings_verbatim():
     cfg = Config.from_sources(None, ["train.amp=off", "tracking.run_name=no", "data.root=/data/yes", "optim.lr=3e-5"])
     assert (cfg.train.amp, cfg.tracking.run_name, cfg.data.root, cfg.optim.lr) == ("off", "no", "/data/yes", 3e-5)
+
+
+def test_a_recipe_replaces_the_defaults_and_what_you_set_wins(tmp_path, monkeypatch):
+    from defakenet import recipes
+
+    monkeypatch.setitem(recipes.RECIPES, "small-test", {"about": "a test recipe", "settings": {
+        "data.image_size": 96, "optim.lr": 3e-4, "augment.scale_min": 1.0, "tune.space": {"optim": {"lr": {
+            "loguniform": [1e-4, 1e-3]}}}}})
+    cfg = Config.from_sources(None, ["train.recipe=small-test"])
+    assert (cfg.data.image_size, cfg.optim.lr, cfg.augment.scale_min, cfg.train.recipe) == (96, 3e-4, 1.0, "small-test")
+    assert cfg.tune.space == {"optim": {"lr": {"loguniform": [1e-4, 1e-3]}}}
+    f = tmp_path / "exp.yaml"
+    f.write_text("train: {recipe: small-test}\ndata: {image_size: 64}\n")
+    cfg = Config.from_sources(f, ["optim.lr=1e-2"])  # file and --set over the recipe
+    assert (cfg.data.image_size, cfg.optim.lr, cfg.augment.scale_min) == (64, 1e-2, 1.0)
+    # a run's logged config rebuilds the same config
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match=r"unknown recipe 'nope'; recipes: paper.*small-test"):
+        Config.from_sources(None, ["train.recipe=nope"])
+
+
+def test_every_shipped_recipe_is_a_valid_config():
+    from defakenet.recipes import RECIPES
+
+    for name, r in RECIPES.items():
+        cfg = Config.from_sources(None, [f"train.recipe={name}"])
+        for key, value in r["settings"].items():
+            section, field_ = key.split(".")
+            got = getattr(getattr(cfg, section), field_)
+            assert got == (tuple(value) if isinstance(value, list) else value), (name, key)

@@ -156,6 +156,16 @@ def test_bad_image_met_in_training_stops_the_run_with_one_line(ray_session, synt
     assert run.info.run_name == "bad" and run.info.status == "FAILED"
 
 
+def test_a_batch_bigger_than_the_split_is_one_line_before_training(ray_session, synth_small, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["train", "--data", str(synth_small), "--image-size", "32", "--batch-size", "64", "--workers", "2",
+                 "--home", str(tmp_path / "home"), "--tracking-uri", uri])
+    err = own_output(capsys.readouterr().err).strip().splitlines()
+    assert code == 2 and err[-1] == ("defakenet: error: train split of 56 images is too small for 2 workers x batch "
+                                     "64; lower train.batch_size or resources.workers")
+    assert not (tmp_path / "home" / "ray_results").exists()
+
+
 def test_sweep_removes_checkpoint_folders_of_dead_processes_only(tmp_path):
     """A worker killed between writing a checkpoint and Ray Train copying it leaves its staging folder; the next
     rank 0 removes it, and leaves folders of live processes and anything else alone."""
