@@ -69,9 +69,12 @@ def test_evaluate_registered_version_reproduces_logged_test_metrics(trained, mlf
     assert main(["evaluate", "--model", f"models:/{MODEL_NAME}/1", "--tracking-uri", mlflow_server,
                  "--data", str(synth_64), "--output", str(out)]) == 0
     assert not list(temp.rglob("model.safetensors")), "the downloaded model was left in the temp folder"
-    got = json.loads((out / "metrics.json").read_text())
-    for key in ("accuracy", "roc_auc", "average_precision", "f1"):
-        assert got[key] == pytest.approx(run.data.metrics[f"test_{key}"], abs=1e-6), key
+    doc = json.loads((out / "metrics.json").read_text())
+    (cell,) = doc["cells"]
+    assert (cell["set"], cell["degradation"]) == (synth_64.name, "none")
+    assert doc["info"]["suite"]["sets"][synth_64.name]["split"] == "test"
+    for key in ("accuracy", "roc_auc", "average_precision"):
+        assert cell[key] == pytest.approx(run.data.metrics[f"test_{key}"], abs=1e-6), key
 
 
 def test_staged_unfreezing_rebuilds_ddp_and_trains_every_layer(ray_session, mlflow_server, synth_small, tmp_path):
