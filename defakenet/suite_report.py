@@ -211,41 +211,43 @@ def _panels(n: int) -> tuple[Any, list[Any]]:
     return fig, axes
 
 
-def _plot_roc(path: Path, doc: dict[str, Any], data: dict[tuple[str, str], dict[str, Any]]) -> None:
+def _set_panels(doc: dict[str, Any], data: dict[tuple[str, str], dict[str, Any]]) -> tuple[Any, list[tuple]]:
+    """A figure with one panel per set, and per panel (axes, set, [(colour, degradation, curve data, metrics)])
+    for the degradations the set has (a ragged grid leaves the others out)."""
     sets, degs = doc["sets"], doc["degradations"]
     by_key = {(c["set"], c["degradation"]): c for c in doc["cells"]}
     fig, axes = _panels(len(sets))
-    for ax, s in zip(axes, sets):
-        for j, d in enumerate(degs):
-            if (s, d) not in data:
-                continue
-            cell = data[s, d]
-            ax.plot(cell["fpr"], cell["tpr"], lw=1.5, color=f"C{j % 10}",
-                    label=f"{d} (AUC {by_key[s, d]['roc_auc']:.3f})")
-        ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (real called fake)",
-               ylabel="true positive rate (fake caught)", title=s)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize="x-small")
+    panels = [(ax, s, [(f"C{j % 10}", d, data[s, d], by_key[s, d]) for j, d in enumerate(degs) if (s, d) in data])
+              for ax, s in zip(axes, sets)]
+    return fig, panels
+
+
+def _finish_panel(ax: Any, title: str, legend_loc: str, **axes_set: Any) -> None:
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
+    ax.set(title=title, **axes_set)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend_loc, fontsize="x-small")
+
+
+def _plot_roc(path: Path, doc: dict[str, Any], data: dict[tuple[str, str], dict[str, Any]]) -> None:
+    fig, panels = _set_panels(doc, data)
+    for ax, s, lines in panels:
+        for colour, d, cell, m in lines:
+            ax.plot(cell["fpr"], cell["tpr"], lw=1.5, color=colour, label=f"{d} (AUC {m['roc_auc']:.3f})")
+        _finish_panel(ax, s, "lower right", xlim=(0, 1), ylim=(0, 1.01),
+                      xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)")
     fig.savefig(path)
 
 
 def _plot_reliability(path: Path, doc: dict[str, Any], data: dict[tuple[str, str], dict[str, Any]]) -> None:
-    sets, degs = doc["sets"], doc["degradations"]
-    by_key = {(c["set"], c["degradation"]): c for c in doc["cells"]}
-    fig, axes = _panels(len(sets))
-    for ax, s in zip(axes, sets):
-        for j, d in enumerate(degs):
-            if (s, d) not in data:
-                continue
-            full = [b for b in data[s, d]["bins"] if b["count"]]
+    fig, panels = _set_panels(doc, data)
+    for ax, s, lines in panels:
+        for colour, d, cell, m in lines:
+            full = [b for b in cell["bins"] if b["count"]]
             ax.plot([b["mean_score"] for b in full], [b["fake_rate"] for b in full], "o-", ms=3, lw=1.5,
-                    color=f"C{j % 10}", label=f"{d} (ECE {by_key[s, d]['ece']:.3f})")
-        ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
-        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="mean p(fake) in bin", ylabel="fraction fake in bin",
-               title=s)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize="x-small")
+                    color=colour, label=f"{d} (ECE {m['ece']:.3f})")
+        _finish_panel(ax, s, "upper left", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="mean p(fake) in bin",
+                      ylabel="fraction fake in bin")
     fig.savefig(path)
 
 
