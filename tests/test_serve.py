@@ -20,6 +20,7 @@ import requests
 from mlflow_server import free_port
 from output import own_output
 from PIL import Image
+from serving import serve_app
 
 from defakenet import registry
 from defakenet.cli import build_parser, main
@@ -71,10 +72,8 @@ def _offline(model_dir, blobs: list[bytes]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def served(ray_session, mlflow_server, tmp_path_factory):
-    from ray import serve
-
     from defakenet import tracking
-    from defakenet.serve import ServeArgs, make_app
+    from defakenet.serve import ServeArgs
 
     name = f"serve-test-{uuid.uuid4().hex[:8]}"
     dirs = {}
@@ -85,16 +84,11 @@ def served(ray_session, mlflow_server, tmp_path_factory):
         assert info["version"] == version
         dirs[version] = d
     registry.promote(name, 1, tracking_uri=mlflow_server)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = ServeArgs(model=f"models:/{name}@champion", tracking_uri=mlflow_server, max_batch_size=8,
                      batch_wait_timeout_s=0.05, max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, poll_interval_s=0.5,
                      auth_token_env="")
-    serve.run(make_app(args), name="defakenet", route_prefix="/")
-    try:
-        yield {"url": f"http://127.0.0.1:{port}", "name": name, "dirs": dirs, "uri": mlflow_server}
-    finally:
-        serve.shutdown()
+    with serve_app(args) as url:
+        yield {"url": url, "name": name, "dirs": dirs, "uri": mlflow_server}
 
 
 def _post(url: str, data: bytes, ctype: str | None = "image/png", **kw) -> requests.Response:

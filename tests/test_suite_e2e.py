@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from mlflow_server import free_port
 from output import own_output
+from serving import serve_app
 
 from defakenet import registry, tracking
 from defakenet.artifact import load_model, save_model
@@ -113,9 +113,8 @@ def test_the_suite_is_one_mlflow_run_and_tags_the_version(suite_run, trained, ml
 
 def test_one_image_scores_the_same_in_evaluate_serve_and_pyfunc(suite_run, trained, mlflow_server, tmp_path):
     import mlflow
-    from ray import serve
 
-    from defakenet.serve import ServeArgs, make_app
+    from defakenet.serve import ServeArgs
 
     _, out = suite_run
     scores = pd.read_csv(out / "scores.csv")
@@ -130,19 +129,15 @@ def test_one_image_scores_the_same_in_evaluate_serve_and_pyfunc(suite_run, train
     pyfunc = mlflow.pyfunc.load_model(f"models:/{trained['name']}/1", dst_path=str(tmp_path / "pyfunc"))
     assert np.abs(pyfunc.predict(x) - rows["score"].to_numpy()).max() < 1e-5
 
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(make_app(ServeArgs(model=f"models:/{trained['name']}/1", tracking_uri=mlflow_server,
-                                     poll_interval_s=0, auth_token_env="")), name="defakenet", route_prefix="/")
+    args = ServeArgs(model=f"models:/{trained['name']}/1", tracking_uri=mlflow_server, poll_interval_s=0,
+                     auth_token_env="")
+    with serve_app(args) as url:
         for path, score in zip(rows["path"], rows["score"]):
             with open(path, "rb") as f:
-                r = requests.post(f"http://127.0.0.1:{port}/v1/predict", data=f.read(),
-                                  headers={"Content-Type": "image/png"}, timeout=60)
+                r = requests.post(f"{url}/v1/predict", data=f.read(), headers={"Content-Type": "image/png"},
+                                  timeout=60)
             assert r.status_code == 200, r.text
             assert r.json()["p_fake"] == pytest.approx(score, abs=1e-5)
-    finally:
-        serve.shutdown()
 
 
 def _register_variant(trained, mlflow_server, tmp_path, *, flip: bool, test_auc: float) -> int:
