@@ -12,7 +12,7 @@ median (the result) and the ratio of all images over all seconds, and writes JSO
     python benchmarks/train_throughput.py --gpu --image-size 224 --batch-size 64 --workers 1   # per GPU, AMP
 
 On CPU both sides run with the malloc settings `defakenet train` gives its CPU workers
-(`defakenet.train.CPU_MALLOC_ENV`: the benchmark restarts itself with them, so the plain loop has them from its
+(`defakenet.runtime.CPU_MALLOC_ENV`: the benchmark restarts itself with them, so the plain loop has them from its
 first allocation); `--default-malloc` runs both sides on glibc's defaults instead.
 
 Not a test: numbers depend on the machine. docs/benchmarks.md records what we measured.
@@ -147,7 +147,7 @@ def ray_train(cfg: Config, manifest, args: argparse.Namespace) -> dict:
     from ray.train.torch import TorchTrainer
 
     from defakenet.data.pipeline import build_dataset, dataset_config
-    from defakenet.train import local_ray_system_config, training_worker_env
+    from defakenet.runtime import local_ray_system_config, training_worker_env
 
     need = cfg.resources.workers * cfg.resources.cpus_per_worker + 2
     # started as `defakenet train` starts a local instance, with Ray's background work turned down
@@ -187,7 +187,7 @@ def same_malloc_as_workers(args: argparse.Namespace, *, restart: bool) -> str:
     defaults to both sides with --default-malloc; returns which. glibc reads them once, at start: so restart with
     them (`restart`: run as a script), then drop them from the environment, so that Ray's daemons and decode
     workers start as `defakenet train` starts them and only the training worker gets them."""
-    from defakenet.train import CPU_MALLOC_ENV
+    from defakenet.runtime import CPU_MALLOC_ENV
 
     if args.gpu:
         return "GPU run, as is"

@@ -248,7 +248,7 @@ def run_suite(model: str, suite: Suite, *, output: str | Path | None = None, use
         log(f"model: {model}{f' ({name} v{version})' if source != model else ''}, threshold {saved.threshold:.4f}, "
             f"input {cfg.data.input_policy} {cfg.data.input_size} px, filter {cfg.model.input_filter}")
         log(f"suite: {len(suite.sets)} set(s), {len(suite.cells())} cell(s), {len(rows):,} images to score")
-        from defakenet.train import init_ray
+        from defakenet.runtime import init_ray
 
         init_ray(cfg.replace(**{"resources.workers": actors, "resources.use_gpu": use_gpu}))
         start = time.perf_counter()

@@ -30,6 +30,7 @@ from defakenet.engine import build_model, build_optimizer, build_scheduler, pred
 from defakenet.errors import DataError, UserError, first_line
 from defakenet.metrics import choose_threshold, compute_metrics
 from defakenet.model import count_parameters
+from defakenet.runtime import default_home, init_ray, storage_path, training_worker_env
 
 if TYPE_CHECKING:
     from ray.train.torch import TorchTrainer
@@ -38,18 +39,8 @@ TRAIN_STATE = "train_state.pt"
 SCORE = "val_roc_auc"
 
 
-def default_home(cfg: Config) -> Path:
-    """The one data folder for embedded defaults (runs, MLflow store, Ray results)."""
-    return Path(cfg.tracking.home or ".defakenet").expanduser().resolve()
-
-
 def default_run_name(prefix: str = "train") -> str:
     return f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def storage_path(cfg: Config) -> str:
-    """Where Ray Train writes checkpoints: tracking.storage (local, NFS or s3://) or HOME/ray_results."""
-    return cfg.tracking.storage or str(default_home(cfg) / "ray_results")
 
 
 def check_splits(manifest, needed: tuple[str, ...] = ("train", "valid")) -> None:
@@ -242,7 +233,7 @@ def _all_mean(value: float, device: torch.device) -> float:
     return _all_sum(value, device) / world
 
 
-def _epoch_logger(tracking_uri: str, run_id: str):
+def epoch_logger(tracking_uri: str, run_id: str):
     """A Ray Train callback that logs each epoch's metrics (rank 0's report) into MLflow run `run_id`.
 
     It runs on the Train controller when Ray commits an epoch's report, right after the checkpoint manager has
@@ -301,92 +292,6 @@ def _failure_notice(max_failures: int):
 
 
 # ---- the driver
-
-
-# How defakenet starts a local Ray instance (a throwaway one on the driver's machine, which only this run uses).
-# worker_niceness 0: Ray starts its workers at nice 15, below its own daemons (raylet, GCS, dashboard and runtime-env
-# agents, log monitor) at 0; on a machine whose cores the model's threads fill, every daemon wake-up then preempts
-# one of torch's OpenMP threads and the other waits at the next barrier. At 0 the training worker gets the share a
-# plain PyTorch process gets. The rest turns Ray's background work down: no metrics export (nothing scrapes this
-# instance), no per-event stats, no workers prestarted to sit idle. docs/benchmarks.md has the measurements. A
-# cluster keeps its own settings; a RAY_<key> variable set in the environment wins over these.
-LOCAL_RAY_SYSTEM_CONFIG = {"worker_niceness": 0, "enable_metrics_collection": False, "event_stats": False,
-                           "metrics_report_interval_ms": 60_000, "enable_worker_prestart": False}
-
-
-# CPU training workers keep the memory torch frees (glibc malloc: no mmap, no trimming, one arena, so the training
-# thread Ray Train runs the loop in allocates from the main heap too) instead of handing it back to the kernel and
-# faulting it in again on the next step. With glibc's defaults a ResNet50V2 step at 224 px, batch 32 unmaps and
-# re-faults ~5 GB (1.3 M page faults per step; 20-90 k with these), and the step runs ~25 % slower on 2 cores
-# (docs/benchmarks.md). glibc's single-variable aliases of its tunables, not GLIBC_TUNABLES: Ray's worker start-up
-# cuts an env value at its first ":". Any of these or GLIBC_TUNABLES set in the environment: left alone (set
-# MALLOC_ARENA_MAX= empty for glibc's defaults); other C libraries ignore them.
-CPU_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "17179869184", "MALLOC_ARENA_MAX": "1"}
-
-
-# Every training worker: print() as Python has it. Ray Train V2 (Ray 2.60) replaces print() in its workers with one
-# that logs through Train's logger and, as sys.stdout is not sys.__stdout__ in a Ray worker, also prints the line
-# itself: every epoch line reached the driver twice, once on stdout and once on stderr. Set in the environment: wins.
-WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-
-
-def training_worker_env(cfg: Config, environ=os.environ) -> dict:
-    """Environment variables for the Ray Train workers (RunConfig.worker_runtime_env): WORKER_ENV, plus
-    CPU_MALLOC_ENV on CPU; a variable the environment already sets is left to it."""
-    env = {k: v for k, v in WORKER_ENV.items() if k not in environ}
-    if not cfg.resources.use_gpu and not any(k in environ for k in ("GLIBC_TUNABLES", *CPU_MALLOC_ENV)):
-        env.update(CPU_MALLOC_ENV)
-    return env
-
-
-def local_ray_system_config(environ=os.environ) -> dict:
-    """LOCAL_RAY_SYSTEM_CONFIG less the keys the environment sets (RAY_<key>), for ray.init(_system_config=...)."""
-    return {k: v for k, v in LOCAL_RAY_SYSTEM_CONFIG.items() if f"RAY_{k}" not in environ}
-
-
-def init_ray(cfg: Config, address: str | None = None, cpus: int = 0) -> None:
-    """Connect to a cluster (`address`, $RAY_ADDRESS) or start a local instance of at least `cpus` logical CPUs
-    (default: sized for one training run + decoding); then `check_gpus` for resources.use_gpu."""
-    import ray
-    from ray.data import DataContext
-
-    # the datasets carry the driver's DataContext to every coordinator and task: no per-operator progress bars, no
-    # execution plan printed per dataset and epoch (Ray Data's log files under the session folder keep them)
-    DataContext.get_current().enable_progress_bars = False
-    DataContext.get_current().print_on_execution_start = False
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    # telemetry off; Ray Data's per-operator and MLflow's artifact progress bars off (one line per epoch is the progress)
-    quiet = {"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-             "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    for k, v in quiet.items():
-        os.environ.setdefault(k, v)
-    env = {"env_vars": quiet}
-    if address:
-        # a cluster (or a Ray Job, which sets RAY_ADDRESS): the job's runtime_env applies, don't replace it
-        ray.init(address=address, log_to_driver=True)
-    else:
-        # logical CPUs: the training workers plus room for the decode actors, even on a 2-core laptop
-        need = cpus or int(cfg.resources.workers * cfg.resources.cpus_per_worker) + 2
-        # the dashboard serves the state API, which Ray Train's placement-group cleaner polls: keep it, on loopback
-        ray.init(num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, include_dashboard=True,
-                 dashboard_host="127.0.0.1", log_to_driver=True, _system_config=local_ray_system_config())
-    check_gpus(cfg.resources.workers if cfg.resources.use_gpu else 0, local=not address)
-
-
-def check_gpus(needed: float, *, local: bool) -> None:
-    """UserError when a Ray instance started here has fewer than `needed` GPUs (Ray would wait for them forever);
-    on a cluster, a note: an autoscaler may still add GPU nodes."""
-    import ray
-
-    have = ray.cluster_resources().get("GPU", 0)
-    if needed <= 0 or have >= needed:
-        return
-    msg = f"--gpu: {needed:g} GPU(s) needed, this Ray {'instance' if local else 'cluster'} has {have:g}"
-    if local:
-        raise UserError(msg + " (no CUDA device visible here; drop --gpu to run on the CPU)")
-    print(f"defakenet: {msg} now; waiting for the cluster to add GPU nodes", flush=True)
 
 
 def load_run_inputs(cfg: Config, log: Callable[[str], None], prefix: str):
@@ -479,7 +384,7 @@ def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None 
             f"of {count_parameters(model_probe):,} parameters, {cfg.resources.workers} workers "
             f"({'GPU' if cfg.resources.use_gpu else 'CPU'}); MLflow {tracking_uri} run {tracker.run_id}")
         tracker.log_system_info(_system_info(cfg, trainable))
-        trainer = make_trainer(cfg, manifest, callbacks=[_epoch_logger(tracking_uri, tracker.run_id)])
+        trainer = make_trainer(cfg, manifest, callbacks=[epoch_logger(tracking_uri, tracker.run_id)])
         result = fit_trainer(trainer)
         best = result.get_best_checkpoint(SCORE, "max")
         if best is None:

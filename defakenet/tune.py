@@ -23,7 +23,8 @@ import pandas as pd
 
 from defakenet.config import Config, search_space
 from defakenet.errors import DataError, UserError, first_line
-from defakenet.train import SCORE, default_home, finish, load_run_inputs, storage_path
+from defakenet.runtime import default_home, init_ray, storage_path
+from defakenet.train import SCORE, finish, load_run_inputs
 
 DEFAULT_REGISTERED_NAME = "defakenet"
 # the trial's driver function only builds and watches a TorchTrainer (its workers hold the real resources)
@@ -73,7 +74,7 @@ def _trial(params: dict, *, base: dict, study: str, parent_run_id: str, tracking
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from defakenet import tracking
-    from defakenet.train import _epoch_logger, fit_trainer, make_trainer
+    from defakenet.train import epoch_logger, fit_trainer, make_trainer
 
     # this process makes the trial's datasets, which carry its DataContext: no per-operator progress bars (on a
     # cluster nothing else turns them off, and every driver of the cluster would print them)
@@ -85,7 +86,7 @@ def _trial(params: dict, *, base: dict, study: str, parent_run_id: str, tracking
         tags={"kind": "trial", "study": study, "trial_id": trial_id, "mlflow.parentRunId": parent_run_id})
     with tracker:
         tracker.log_config(cfg)
-        trainer = make_trainer(cfg, manifest, callbacks=[_epoch_logger(tracking_uri, tracker.run_id),
+        trainer = make_trainer(cfg, manifest, callbacks=[epoch_logger(tracking_uri, tracker.run_id),
                                                          TuneReportCallback()])
         fit_trainer(trainer)  # a bad image: the trial's error in Tune's table is the file, in one line
 
@@ -268,7 +269,6 @@ def run_study(cfg: Config, *, resume: bool = False, log: Callable[[str], None] =
     from ray import tune
 
     from defakenet import tracking
-    from defakenet.train import init_ray
 
     if resume and not cfg.tracking.run_name:
         cfg = cfg.replace(**{"tracking.run_name": latest_study(cfg)})
