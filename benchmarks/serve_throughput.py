@@ -2,7 +2,7 @@
 same endpoint with batching off, measured in one run on one machine.
 
 Three numbers, same model (a random-init DeFakeNet saved as a model directory), same JPEG images:
-- raw: images/s of `serve.predict_batch` (preprocess + forward) in this process, batches of --batch-size;
+- raw: images/s of `inference.Predictor.score_images` (preprocess + forward) in this process, batches of --batch-size;
 - served: requests/s (one image each) of POST /v1/predict from --concurrency client threads over loopback HTTP,
   with p50/p99 latency, `@serve.batch` on (max batch --batch-size);
 - unbatched: the same endpoint redeployed with max_batch_size 1.
@@ -81,15 +81,15 @@ def raw_images_per_s(model_dir: Path, images: list[bytes], batch: int, gpu: bool
     import torch
 
     from defakenet.data.image import decode_rgb
-    from defakenet.serve import ServeArgs, load, predict_batch
+    from defakenet.serve import ServeArgs, load
 
     m = load(ServeArgs(model=str(model_dir), use_gpu=gpu, poll_interval_s=0))
     rgb = [decode_rgb(b, name="bench") for b in images[:batch]]
     torch.set_num_threads(threads)
-    predict_batch(m, rgb)  # warm-up
+    m.predictor.score_images(rgb)  # warm-up
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        predict_batch(m, rgb)
+        m.predictor.score_images(rgb)
         n += len(rgb)
     return n / (time.perf_counter() - start)
 

@@ -70,6 +70,15 @@ def save_model(out_dir: str | Path, model: torch.nn.Module, cfg: Config, meta: d
     return out
 
 
+def model_files(saved: SavedModel) -> dict[str, bytes]:
+    """The files of a model directory for `saved`, from memory (what actors on other nodes rebuild it from)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in saved.model.state_dict().items()}
+    return {WEIGHTS_FILE: save(state), CONFIG_FILE: json.dumps(saved.config.to_dict(), indent=2).encode(),
+            META_FILE: json.dumps(saved.meta, indent=2, default=float).encode()}
+
+
 def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu") -> SavedModel:
     """Rebuild a DeFakeNet from a model directory; errors name the directory and the missing file."""
     d = Path(model_dir)

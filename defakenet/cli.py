@@ -240,9 +240,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from defakenet.client import predict_files
+    """Score images offline (--model) or through an endpoint (--url); one line per image, or --json / --csv.
+    0 when every image was scored, 1 when any was refused or unreadable."""
+    from defakenet.prediction import RAY_ABOVE, expand, predict_paths, predict_ray, write_results
 
-    return predict_files(args.images, args.url, token=args.token)
+    paths = expand(args.images)
+    fmt = "json" if args.json else "csv" if args.csv else "lines"
+
+    def progress(done: int, total: int) -> None:  # on stderr, so that --json / --csv on stdout stay clean
+        if total > PROGRESS_ABOVE:
+            print(f"defakenet: scored {done}/{total} images", file=sys.stderr, flush=True)
+
+    if args.model:
+        from defakenet.inference import load_predictor
+
+        predictor = load_predictor(args.model, tracking_uri=_registry_uri(args), use_gpu=args.gpu)
+        if len(paths) > RAY_ABOVE:
+            results = predict_ray(predictor, paths, actors=args.actors, progress=progress)
+        else:
+            results = predict_paths(predictor, paths, progress=progress)
+    else:
+        import os
+
+        from defakenet.client import TOKEN_ENV, predict_file
+
+        token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+        results = []
+        for path in paths:
+            results.append({"path": str(path), **predict_file(path, args.url, token=token)})
+            if fmt == "lines":  # as they come: an endpoint answers one by one
+                write_results(results[-1:], fmt)
+    if args.model or fmt != "lines":
+        write_results(results, fmt)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Grad-CAM overlays of images: one PNG pair per image under --output, one line per image (or --json)."""
+    from defakenet.client import format_line
+    from defakenet.explain import write_explanations
+    from defakenet.inference import load_predictor
+    from defakenet.prediction import expand
+
+    paths = expand(args.images)
+    predictor = load_predictor(args.model, tracking_uri=_registry_uri(args), use_gpu=args.gpu)
+    results = write_explanations(predictor, paths, Path(args.output))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(format_line(r["path"], r) + (f"  -> {r['overlay']}" if "overlay" in r else ""), flush=True)
+    return 1 if any("error" in r for r in results) else 0
+
+
+# offline predict: progress lines (one per batch scored) for more images than this
+PROGRESS_ABOVE = 32
 
 
 def _registry_uri(args: argparse.Namespace) -> str:
@@ -431,11 +483,44 @@ def build_parser() -> argparse.ArgumentParser:
                         "0.02, min_replicas=1, max_replicas=4, poll_interval_s=10, num_gpus=0.5; repeatable")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("predict", help="send images to a running endpoint; one line per image")
-    p.add_argument("images", nargs="+", metavar="IMG", help="image files (JPEG, PNG, WebP)")
-    p.add_argument("--url", default=DEFAULT_URL, help=f"endpoint (default {DEFAULT_URL})")
-    p.add_argument("--token", help=f"bearer token (default ${TOKEN_ENV})")
+    p = sub.add_parser("predict", help="score images: offline with --model (no server), else through a running "
+                                       "endpoint (--url); one line per image",
+                       epilog="Examples: defakenet predict photo.jpg --model models:/defakenet@champion; defakenet "
+                              "predict uploads/ --model RUN/model --csv > scores.csv; defakenet predict a.jpg --url "
+                              "http://127.0.0.1:8000. Exit status 1 when any image was refused or unreadable.")
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files (JPEG, PNG, WebP, BMP, TIFF) or folders "
+                                                           "(read recursively)")
+    p.add_argument("--model", metavar="MODEL", help="score here, without a server: a model directory, "
+                                                    "models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/model")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"endpoint when no --model is given (default {DEFAULT_URL})")
+    p.add_argument("--token", help=f"bearer token of the endpoint (default ${TOKEN_ENV})")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON array: per image label, p_fake, threshold, "
+                                                         "model and (face stage) faces with boxes")
+    out.add_argument("--csv", action="store_true", help="print CSV: path,label,p_fake,threshold,faces,model,version,"
+                                                        "error")
+    p.add_argument("--gpu", action="store_true", help="--model: run on a GPU")
+    p.add_argument("--actors", type=int, default=1, help="--model, folders of more than 256 images: model copies "
+                                                         "scoring in parallel through Ray Data (default 1)")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI of models:/ URIs (default "
+                                                         "$MLFLOW_TRACKING_URI, else the SQLite store under --home)")
+    p.add_argument("--home", default="", metavar="DIR", help="data folder of the default SQLite store")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="Grad-CAM heatmaps of images: an overlay PNG per image (heatmap, face boxes, "
+                                       "p_fake) and the bare heatmap",
+                       epilog="Example: defakenet explain suspicious.jpg --model models:/defakenet@champion -o out/ "
+                              "writes out/suspicious.explain.png and out/suspicious.heatmap.png.")
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files or folders (read recursively)")
+    p.add_argument("--model", required=True, metavar="MODEL", help="a model directory, models:/NAME/VERSION, "
+                                                                   "models:/NAME@ALIAS or runs:/RUN_ID/model")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the PNGs (made if missing)")
+    p.add_argument("--json", action="store_true", help="print one JSON array: verdicts and the files written")
+    p.add_argument("--gpu", action="store_true", help="run on a GPU")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI of models:/ URIs (default "
+                                                         "$MLFLOW_TRACKING_URI, else the SQLite store under --home)")
+    p.add_argument("--home", default="", metavar="DIR", help="data folder of the default SQLite store")
+    p.set_defaults(func=cmd_explain)
 
     from defakenet.registry import DEFAULT_MODEL_NAME
 

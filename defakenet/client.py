@@ -1,4 +1,5 @@
-"""A small HTTP client for the serving endpoint: `defakenet predict IMG… --url URL` prints one line per image.
+"""A small HTTP client for the serving endpoint (`defakenet predict IMG… --url URL`) and the one-line format of an
+answer that offline `defakenet predict --model` prints too.
 
 Standard library only (urllib), so it runs wherever defakenet is installed, without Ray.
 """
@@ -6,7 +7,6 @@ Standard library only (urllib), so it runs wherever defakenet is installed, with
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -50,20 +50,16 @@ def predict_file(path: str | Path, url: str = DEFAULT_URL, *, token: str | None 
 
 
 def format_line(path: str | Path, result: dict) -> str:
-    """One line per image: `PATH  fake  p_fake=0.9312  threshold=0.5000  defakenet v3`, or the error."""
+    """One line per image, the same from the endpoint and offline (`defakenet predict --model`):
+    `PATH  fake  p_fake=0.9312  threshold=0.5000  defakenet v3`, plus `faces=N` when the model scores faces,
+    `PATH  no-face  (no face found)  …` when it found none, or the error."""
     if "error" in result:
-        return f"{path}  error {result.get('status', '')}: {result['error']}"
+        return f"{path}  error{' ' + str(result['status']) if result.get('status') else ''}: {result['error']}"
     m = result.get("model", {})
-    model = m.get("name", "?") + (f" v{m['version']}" if m.get("version") is not None else "")
-    return f"{path}  {result['label']}  p_fake={result['p_fake']:.4f}  threshold={result['threshold']:.4f}  {model}"
-
-
-def predict_files(paths: list[str], url: str = DEFAULT_URL, *, token: str | None = None) -> int:
-    """Print one line per image; 0 when every image was scored, 1 when any was refused."""
-    token = token if token is not None else os.environ.get(TOKEN_ENV)
-    failed = 0
-    for path in paths:
-        result = predict_file(path, url, token=token)
-        failed += "error" in result
-        print(format_line(path, result), flush=True)
-    return 1 if failed else 0
+    model = str(m.get("name", "?")) + (f" v{m['version']}" if m.get("version") is not None else "")
+    if result.get("p_fake") is None:
+        return f"{path}  {result['label']}  (no face found)  threshold={result['threshold']:.4f}  {model}"
+    line = f"{path}  {result['label']}  p_fake={result['p_fake']:.4f}  threshold={result['threshold']:.4f}  {model}"
+    if "faces" in result:
+        line += f"  faces={len(result['faces'])}"
+    return line

@@ -7,7 +7,6 @@ benchmarks' single-process baseline.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -20,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from defakenet.config import Config, OptimConfig
 from defakenet.data.augment import Preprocess
 from defakenet.data.image import load_rgb
+from defakenet.inference import Placement, autocast, p_fake
 from defakenet.model import DeFakeNet, create_defakenet
 
 
@@ -93,14 +93,6 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float =
     return F.binary_cross_entropy_with_logits(logits.float(), targets)
 
 
-def autocast(device: torch.device, amp: str):
-    """The autocast context for a device and `train.amp` setting ('auto' = bf16 on CUDA, nothing on CPU)."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return contextlib.nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _to_device(batches: Iterable, device: torch.device, channels_last: bool) -> Iterator:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for x, y in batches:
@@ -164,19 +156,17 @@ def train_one_epoch(
     }
 
 
-@torch.inference_mode()
 def predict(
     model: torch.nn.Module, batches: Iterable, *, device: torch.device, amp: str = "auto", channels_last: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and p(fake) scores over `batches`, model in eval mode."""
+    """Labels and p(fake) scores over `batches` (one forward each, through inference.p_fake), model in eval mode."""
     model.eval()
+    where = Placement(device, channels_last, amp)
     labels, scores = [], []
-    for x, y in _to_device(batches, device, channels_last):
-        with autocast(device, amp):
-            logits = model(x)
-        scores.append(torch.sigmoid(logits.float()).cpu().numpy())
-        labels.append(y.cpu().numpy())
+    for x, y in batches:
+        if len(y):
+            scores.append(p_fake(model, x, where, batch_size=len(y)))
+            labels.append(np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y))
     if not scores:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
     return np.concatenate(labels).astype(np.int64), np.concatenate(scores).astype(np.float64)
-

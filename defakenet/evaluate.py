@@ -16,23 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from defakenet.artifact import load_model
-
-# rows per inference call on CPU; GPU actors take bigger batches
-BATCH_CPU, BATCH_GPU = 32, 256
-
+from defakenet.inference import BATCH_CPU, BATCH_GPU, Predictor
 
 class _Scorer:
-    """map_batches actor: one model per actor, scores p(fake) for batches of preprocessed images.
+    """map_batches actor: one Predictor per actor, scores p(fake) for batches of preprocessed images.
 
     `model`: a model directory, or (what `score_rows` passes) a one-item list holding an object-store ref to the
     model's files, so that actors on other nodes, which cannot see the driver's disk, get them too. The list
     keeps Ray from resolving the ref on the way in."""
 
     def __init__(self, model: str | list, use_gpu: bool):
-        import torch
-
-        self.torch = torch
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if isinstance(model, str):
             saved = load_model(model)
         else:
@@ -42,19 +35,10 @@ class _Scorer:
                 for name, data in ray.get(model[0]).items():
                     (Path(tmp) / name).write_bytes(data)
                 saved = load_model(tmp)
-        self.model = saved.model.to(self.device).eval()
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.predictor = Predictor(saved, use_gpu=use_gpu)
 
     def __call__(self, batch: dict) -> dict:
-        torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(batch["image"])).to(self.device)
-        if self.device.type == "cuda":
-            x = x.to(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.device.type == "cuda"):
-            p = torch.sigmoid(self.model(x).float()).cpu().numpy().astype(np.float64)
-        return {"label": np.asarray(batch["label"]), "score": p}
+        return {"label": np.asarray(batch["label"]), "score": self.predictor.score_inputs(batch["image"])}
 
 
 def score_rows(model_dir: str | Path, rows, *, use_gpu: bool = False, actors: int = 1,

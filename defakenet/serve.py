@@ -2,7 +2,9 @@
 
     client ─▶ proxy ─▶ Detector replica (FastAPI ingress)
                          │ read body (size cap) → sniff format → decode_rgb (EXIF, modes, pixel cap)
-                         │ @serve.batch: preprocess with the answering model's metadata → one forward
+                         │ faces (data.faces crop): detect, crop each face; else the whole image
+                         │ @serve.batch: inference.Predictor.score_images (the model's own preprocessing, one forward)
+                         │ verdict: per face {box, detector_score, p_fake, label}, the image's label and p_fake
                          └ poller thread: models:/NAME@ALIAS moved? load the new version, swap, keep serving
 
 `build_app(ServeArgs)` is the typed application builder that `serve run defakenet.serve:build_app key=value`,
@@ -26,8 +28,7 @@ import threading
 import time
 import uuid
 import warnings
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -39,6 +40,7 @@ from ray.serve import Application
 from defakenet.client import TOKEN_ENV
 from defakenet.data.image import decode_rgb
 from defakenet.errors import DataError, UserError
+from defakenet.inference import Predictor, load_predictor
 
 logger = logging.getLogger("ray.serve")
 
@@ -72,6 +74,9 @@ class ServeArgs(BaseModel):
     min_replicas: int = Field(1, ge=0, description="autoscaling lower bound")
     max_replicas: int = Field(1, ge=1, description="autoscaling upper bound; equal to min: a fixed count")
     target_ongoing_requests: float = Field(8.0, gt=0, description="autoscaling target per replica")
+    no_face: Literal["answer", "reject"] = Field("answer", description="models that score faces (data.faces crop), "
+                                                 "an image without a face: answer = label no-face, faces [], "
+                                                 "p_fake null; reject = 422")
 
     @model_validator(mode="after")
     def _check(self) -> "ServeArgs":
@@ -95,74 +100,11 @@ class HTTPError(Exception):
         self.status, self.message = status, message
 
 
-@dataclass(frozen=True)
-class Loaded:
-    """One loaded model version; replaced whole, never changed in place."""
-
-    model: Any
-    preprocess: Any
-    threshold: float
-    name: str
-    version: int | None
-    alias: str | None
-    meta: dict
-    device: Any
-
-
-# ---- the model: where it comes from, loading it
-
-
-def parse_uri(uri: str) -> tuple[str, int | None, str | None]:
-    """(name, version, alias) of a model URI; a non-registry URI is its own name."""
-    if uri.startswith("models:/") and not uri.startswith("models:/m-"):
-        rest = uri[len("models:/"):]
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            return name, None, alias
-        name, _, version = rest.partition("/")
-        return name, int(version) if version.isdigit() else None, None
-    return uri.rstrip("/").rsplit("/", 1)[-1], None, None
-
-
-def load(args: ServeArgs, version: int | None = None) -> Loaded:
-    """Download (registry URIs) and build the model; `version` pins an alias URI to the version it resolved to."""
-    import torch
-
-    from defakenet import tracking
-    from defakenet.artifact import load_model
-
-    name, pinned, alias = parse_uri(args.model)
-    uri = args.model
-    if alias is not None:
-        if version is None:
-            version = tracking.get_version_by_alias(name, alias, tracking_uri=args.tracking_uri or None)
-            if version is None:
-                raise DataError(f"registered model {name!r} has no alias {alias!r}")
-        uri = f"models:/{name}/{version}"  # what the alias pointed at when we looked: never a newer one
-    else:
-        version = pinned
-    dst = tempfile.mkdtemp(prefix="defakenet-serve-")
-    try:
-        saved = load_model(tracking.resolve_model(uri, dst, tracking_uri=args.tracking_uri or None))
-    finally:
-        shutil.rmtree(dst, ignore_errors=True)  # the weights are in memory now; each swap would leave ~100 MB
-    device = torch.device("cuda" if args.use_gpu and torch.cuda.is_available() else "cpu")
-    model = saved.model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return Loaded(model, saved.preprocess(), saved.threshold, name, version, alias, saved.meta, device)
-
-
-def predict_batch(m: Loaded, images: list[np.ndarray]) -> np.ndarray:
-    """p(fake) for RGB uint8 images with `m`'s own preprocessing: what `evaluate` computes for the same files."""
-    import torch
-
-    x = torch.from_numpy(np.stack([m.preprocess(img) for img in images])).to(m.device)
-    if m.device.type == "cuda":
-        x = x.to(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(m.device.type, dtype=torch.bfloat16,
-                                                enabled=m.device.type == "cuda"):
-        return torch.sigmoid(m.model(x).float()).cpu().numpy().astype(np.float64)
+def load(args: ServeArgs, version: int | None = None) -> Predictor:
+    """The model `args` names, ready to answer on the replica's device; `version` pins an alias URI to the version
+    it resolved to."""
+    return load_predictor(args.model, tracking_uri=args.tracking_uri, version=version, use_gpu=args.use_gpu,
+                          batch_size=args.max_batch_size)
 
 
 # ---- reading requests
@@ -264,10 +206,10 @@ class Detector:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         self.args = args
         self.token = os.environ.get(args.auth_token_env, "") if args.auth_token_env else ""
-        self.current: Loaded = load(args)
+        self.current: Predictor = load(args)
         self.batch_sizes: dict[int, int] = {}
-        self.predict.set_max_batch_size(args.max_batch_size)
-        self.predict.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+        self.score.set_max_batch_size(args.max_batch_size)
+        self.score.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
         self.requests = Counter("defakenet_requests", "requests (per image when served) by outcome and label",
                                 tag_keys=("outcome", "label"))
         self.latency = Histogram("defakenet_request_latency_ms", "request latency in milliseconds",
@@ -300,7 +242,7 @@ class Detector:
     # ServeArgs' defaults here; each replica sets its own args' values in __init__
     @serve.batch(max_batch_size=ServeArgs.model_fields["max_batch_size"].default,
                  batch_wait_timeout_s=ServeArgs.model_fields["batch_wait_timeout_s"].default)
-    async def predict(self, images: list[np.ndarray]) -> list[tuple[float, Loaded]]:
+    async def score(self, images: list[np.ndarray]) -> list[tuple[float, Predictor]]:
         m = self.current
         n = len(images)
         self.batch_sizes[n] = self.batch_sizes.get(n, 0) + 1
@@ -309,12 +251,21 @@ class Detector:
         # the time fighting the loop for the GIL (ResNet's ~200 modules are Python calls) and batches stayed at ~2
         # images; blocking the loop lets requests queue while the forward runs and the next batch take them all
         # (docs/benchmarks.md: 44 -> 62 req/s and mean batch 1.7 -> 6.5 at 64 px, 1 CPU)
-        scores = predict_batch(m, images)
+        scores = m.score_images(images)
         return [(float(s), m) for s in scores]
 
-    def _result(self, p: float, m: Loaded) -> dict:
-        return {"label": "fake" if p >= m.threshold else "real", "p_fake": p, "threshold": m.threshold,
-                "model": {"name": m.name, "version": m.version}}
+    async def answer(self, image: np.ndarray, name: str) -> tuple[dict, Predictor]:
+        """One image's verdict: its regions (the whole image, or its faces when the model crops faces) scored in
+        the shared batches; the model that scored them gives the threshold and the version named."""
+        cur = self.current
+        faces, regions = (await asyncio.to_thread(cur.regions, image) if cur.faces != "off"
+                          else ([], [image]))
+        if not regions and self.args.no_face == "reject":
+            raise HTTPError(422, f"{name}: no face found (the model scores faces: data.faces crop)")
+        answers = await asyncio.gather(*(self.score(r) for r in regions))
+        m = answers[0][1] if answers else cur
+        verdict = m.verdict(faces, [p for p, _ in answers])
+        return {**verdict, "model": {"name": m.name, "version": m.version}}, m
 
     def _check_auth(self, request: Request) -> None:
         if self.token and request.headers.get("authorization", "") != f"Bearer {self.token}":
@@ -326,15 +277,9 @@ class Detector:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         status, results, version, message = 200, [], None, ""
         try:
-            self._check_auth(request)
-            body = await read_body(request, self.args.max_body_bytes)
-            ctype = request.headers.get("content-type", "")
-            multi = ctype.lower().startswith("multipart/")
-            uploads = split_multipart(body, ctype) if multi else [("body", ctype, body)]
-            images = [await asyncio.to_thread(decode_upload, data, name, ct, self.args.max_pixels)
-                      for name, ct, data in uploads]
-            answers = await asyncio.gather(*(self.predict(img) for img in images))
-            results = [self._result(p, m) for p, m in answers]
+            multi, names, images = await self._images(request)
+            answers = await asyncio.gather(*(self.answer(img, name) for img, name in zip(images, names)))
+            results = [r for r, _ in answers]
             version = answers[0][1].version
             for r in results:
                 self.requests.inc(tags={"outcome": "ok", "label": r["label"]})
@@ -349,6 +294,61 @@ class Detector:
             self.latency.observe(ms)
             line = {"event": "predict", "request_id": rid, "status": status, "images": len(results),
                     "model_version": version if version is not None else self.current.version,
+                    "latency_ms": round(ms, 2)}
+            if message:
+                line["error"] = message
+            logger.info(json.dumps(line))
+
+    async def _images(self, request: Request) -> tuple[bool, list[str], list[np.ndarray]]:
+        """(multipart?, names, decoded images) of a request, auth checked first; HTTPError for what is wrong."""
+        self._check_auth(request)
+        body = await read_body(request, self.args.max_body_bytes)
+        ctype = request.headers.get("content-type", "")
+        multi = ctype.lower().startswith("multipart/")
+        uploads = split_multipart(body, ctype) if multi else [("body", ctype, body)]
+        images = [await asyncio.to_thread(decode_upload, data, name, ct, self.args.max_pixels)
+                  for name, ct, data in uploads]
+        return multi, [name for name, _, _ in uploads], images
+
+    @app.post("/v1/explain")
+    async def explain_http(self, request: Request, format: str = "json"):
+        """One image → its verdict and Grad-CAM: JSON with base64 PNGs (overlay_png, heatmap_png), or with
+        ?format=png the overlay PNG itself (verdict in the x-defakenet-* headers)."""
+        from fastapi.responses import Response
+
+        from defakenet.explain import explain, model_label, overlay, png_bytes, to_json
+
+        start = time.perf_counter()
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        status, message, m = 200, "", self.current
+        try:
+            if format not in ("json", "png"):
+                raise HTTPError(400, f"format {format!r}: use json or png")
+            multi, names, images = await self._images(request)
+            if len(images) != 1:
+                raise HTTPError(400, f"{len(images)} images: /v1/explain takes one image per request")
+            # on the event loop, between batches: Grad-CAM hooks the model's last stage, which a forward running
+            # at the same time in another thread would trip
+            (ex,) = explain(m, images)
+            if ex.verdict["p_fake"] is None and self.args.no_face == "reject":
+                raise HTTPError(422, f"{names[0]}: no face found (the model scores faces: data.faces crop)")
+            png = await asyncio.to_thread(lambda: png_bytes(overlay(images[0], ex, model_label(m))))
+            model = {"name": m.name, "version": m.version}
+            self.requests.inc(tags={"outcome": "ok", "label": ex.verdict["label"]})
+            if format == "png":
+                p = ex.verdict["p_fake"]
+                return Response(png, media_type="image/png", headers={
+                    "x-request-id": rid, "x-defakenet-label": ex.verdict["label"],
+                    "x-defakenet-p-fake": "" if p is None else f"{p:.6f}",
+                    "x-defakenet-model": model_label(m)})
+            return JSONResponse({**to_json(ex, png), "model": model}, headers={"x-request-id": rid})
+        except HTTPError as e:
+            status, message = e.status, e.message
+            self.requests.inc(tags={"outcome": str(e.status), "label": ""})
+            return JSONResponse({"error": e.message}, status_code=e.status, headers={"x-request-id": rid})
+        finally:
+            ms = (time.perf_counter() - start) * 1000
+            line = {"event": "explain", "request_id": rid, "status": status, "model_version": m.version,
                     "latency_ms": round(ms, 2)}
             if message:
                 line["error"] = message
@@ -372,6 +372,8 @@ class Detector:
         return {"name": m.name, "version": m.version, "alias": m.alias, "uri": self.args.model,
                 "input_size": pre.get("input_size", pre.get("image_size")), "preprocessing": pre, "threshold": m.threshold,
                 "test_metrics": m.meta.get("test_metrics", {}),
+                "faces": {"policy": m.faces, "margin": m.config.data.face_margin,
+                          "aggregate": m.config.data.face_aggregate, "no_face": self.args.no_face},
                 "batching": {"max_batch_size": self.args.max_batch_size,
                              "batch_wait_timeout_s": self.args.batch_wait_timeout_s,
                              "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}}
@@ -507,7 +509,7 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
         ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=True, dashboard_host="127.0.0.1",
                  log_to_driver=True)
         if args.use_gpu:
-            from defakenet.train import check_gpus
+            from defakenet.runtime import check_gpus
 
             check_gpus(args.num_gpus * args.min_replicas, local=not address)
     extra = {}

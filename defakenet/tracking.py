@@ -378,45 +378,16 @@ def _resumable_run(client, exp_id: str, run_name: str) -> str | None:
 # ---- the model
 
 
-_PYFUNC_CODE = '''\
-"""defakenet as an MLflow pyfunc (models from code): p(fake) for preprocessed images, no pickle.
-
-Input: float32 array (N, 3, S, S), RGB already resized, centre-cropped and normalised as the model metadata's
-`preprocessing` says (S = its input_size). Output: float32 array (N,) of p(fake) = sigmoid(logit).
-The weights, config and metadata are the defakenet model directory in the artifact `model_dir`.
-"""
-
-import mlflow
-import numpy as np
-
-
-class DeFakeNetPyfunc(mlflow.pyfunc.PythonModel):
-    def load_context(self, context):
-        from defakenet.artifact import load_model
-
-        self.saved = load_model(context.artifacts["model_dir"])
-
-    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
-        import torch
-
-        if isinstance(model_input, dict):  # {"inputs": ...} style callers that name the tensor
-            (model_input,) = model_input.values()
-        x = torch.from_numpy(np.ascontiguousarray(np.asarray(model_input, dtype=np.float32)))
-        with torch.inference_mode():
-            p = [torch.sigmoid(self.saved.model(b).float()) for b in x.split(64)]
-        return (torch.cat(p) if p else x.new_zeros(0)).numpy().astype(np.float32)
-
-
-mlflow.models.set_model(DeFakeNetPyfunc())
-'''
+# the pyfunc's code: a file of the package, logged by path (models from code)
+PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 
 
 def log_model(model_dir: str | Path, *, name: str = "model", registered_model_name: str | None = None,
               metadata: dict | None = None) -> dict:
     """Log a defakenet model directory into the active run as an MLflow pyfunc model; optionally register it.
 
-    Format: `mlflow.pyfunc` "models from code" (the small `_PYFUNC_CODE` file, executed at load, imports defakenet
-    — nothing is pickled) with the directory as the artifact `model_dir`; signature float32 (-1, 3, S, S) →
+    Format: `mlflow.pyfunc` "models from code" (defakenet/pyfunc.py, executed at load, imports defakenet —
+    nothing is pickled) with the directory as the artifact `model_dir`; signature float32 (-1, 3, S, S) →
     float32 (-1,) p(fake); a one-zero-image input example; `metadata` = the directory's meta.json updated with
     `metadata`. Returns {run_id, model_uri, model_id, name, version, registered_model_uri}; version and
     registered_model_uri are None without `registered_model_name`.
@@ -445,8 +416,6 @@ def log_model(model_dir: str | Path, *, name: str = "model", registered_model_na
     requirements = [f"defakenet=={__version__}", f"mlflow=={mlflow.__version__}",
                     f"torch=={torch.__version__.split('+')[0]}"]
     with tempfile.TemporaryDirectory(prefix="defakenet-pyfunc-") as tmp:
-        code = Path(tmp) / "defakenet_pyfunc.py"
-        code.write_text(_PYFUNC_CODE)
         # exactly the three model files (a checkpoint folder also holds optimizer state), under a fixed name
         staged = Path(tmp) / MODEL_ARTIFACT
         staged.mkdir()
@@ -458,7 +427,7 @@ def log_model(model_dir: str | Path, *, name: str = "model", registered_model_na
         (staged / META_FILE).write_text(json.dumps(meta, indent=2))  # with `metadata` merged in
         info = mlflow.pyfunc.log_model(
             name=name,
-            python_model=str(code),
+            python_model=str(PYFUNC_CODE),
             artifacts={"model_dir": str(staged)},
             signature=signature,
             input_example=np.zeros((1, 3, size, size), dtype=np.float32),

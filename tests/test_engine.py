@@ -4,7 +4,8 @@ path takes, run for real on the CPU so that a mistake in them fails here, not fi
 import pytest
 import torch
 
-from defakenet.engine import autocast, predict, train_one_epoch
+from defakenet.engine import predict, train_one_epoch
+from defakenet.inference import autocast
 from defakenet.model import create_defakenet
 
 

@@ -233,6 +233,117 @@ def test_predict_cli_prints_one_line_per_image(served, tmp_path, capsys):
     assert main(["predict", str(paths[0]), "--url", served["url"]]) == 0
 
 
+def _png_array(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_one_image_gets_one_p_fake_from_every_path(served, tmp_path, capsys):
+    """predict (offline, in-process), evaluate (the Ray Data actor), serve (HTTP), the MLflow pyfunc and explain
+    (HTTP and CLI) give the same p_fake for one file, to 1e-5."""
+    import json
+
+    import mlflow
+
+    from defakenet.artifact import load_model
+
+    blob = _bytes(_image(95, size=48), "JPEG", quality=92)
+    img = tmp_path / "one.jpg"
+    img.write_bytes(blob)
+    model_uri = f"models:/{served['name']}/1"
+    evaluated = float(_offline(served["dirs"][1], [blob])[0])
+    served_p = _post(served["url"], blob, "image/jpeg").json()["p_fake"]
+    capsys.readouterr()
+    assert main(["predict", str(img), "--model", model_uri, "--tracking-uri", served["uri"], "--json"]) == 0
+    (offline,) = json.loads(own_output(capsys.readouterr().out))
+    assert offline["model"] == {"name": served["name"], "version": 1} and offline["path"] == str(img)
+    mlflow.set_tracking_uri(served["uri"])
+    pre = load_model(served["dirs"][1]).preprocess()
+    pyfunc_p = float(mlflow.pyfunc.load_model(model_uri, dst_path=str(tmp_path)).predict(
+        pre(decode_rgb(blob))[None])[0])
+    explained = requests.post(f"{served['url']}/v1/explain", data=blob, headers={"Content-Type": "image/jpeg"},
+                              timeout=120)
+    assert explained.status_code == 200, explained.text
+    out = tmp_path / "explained"
+    assert main(["explain", str(img), "--model", str(served["dirs"][1]), "-o", str(out), "--json"]) == 0
+    (cli,) = json.loads(own_output(capsys.readouterr().out))
+    got = {"predict": offline["p_fake"], "serve": served_p, "pyfunc": pyfunc_p,
+           "explain endpoint": explained.json()["p_fake"], "explain cli": cli["p_fake"]}
+    for path, p in got.items():
+        assert abs(p - evaluated) < 1e-5, (path, p, evaluated)
+
+
+def test_explain_heatmap_has_the_image_size_and_endpoint_and_cli_agree(served, tmp_path, capsys):
+    import base64
+
+    blob = _bytes(_image(96, size=56), "PNG")  # 56 x 64: not square, bigger than the 32 px input
+    img = tmp_path / "why.png"
+    img.write_bytes(blob)
+    r = requests.post(f"{served['url']}/v1/explain", data=blob, headers={"Content-Type": "image/png"}, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    heat = _png_array(base64.b64decode(body["heatmap_png"]))
+    overlay = _png_array(base64.b64decode(body["overlay_png"]))
+    assert heat.shape == (56, 64) and overlay.shape == (56, 64, 3)
+    assert heat.max() >= 240 and heat.min() == 0 and heat.std() > 10  # scaled to its peak (resampled), not constant
+    assert body["model"] == {"name": served["name"], "version": 1} and body["label"] in ("real", "fake")
+    png = requests.post(f"{served['url']}/v1/explain?format=png", data=blob, headers={"Content-Type": "image/png"},
+                        timeout=120)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert np.array_equal(_png_array(png.content), overlay)
+    assert abs(float(png.headers["x-defakenet-p-fake"]) - body["p_fake"]) < 1e-6
+    capsys.readouterr()
+    assert main(["explain", str(img), "--model", str(served["dirs"][1]), "-o", str(tmp_path / "out")]) == 0
+    line = own_output(capsys.readouterr().out).strip()
+    assert line.startswith(f"{img}  {body['label']}  p_fake={body['p_fake']:.4f}")
+    assert line.endswith(f"-> {tmp_path / 'out' / 'why.explain.png'}")
+    cli_heat = _png_array((tmp_path / "out" / "why.heatmap.png").read_bytes())
+    assert np.abs(cli_heat.astype(int) - heat.astype(int)).max() <= 1  # the same map, to the 8-bit rounding
+    # bad input: the same 4xx as /v1/predict; more than one image: 400
+    assert requests.post(f"{served['url']}/v1/explain", data=b"nope", timeout=30).status_code == 415
+    files = [("files", (f"{i}.png", blob, "image/png")) for i in range(2)]
+    r = requests.post(f"{served['url']}/v1/explain", files=files, timeout=30)
+    assert r.status_code == 400 and "one image per request" in r.json()["error"]
+    r = requests.post(f"{served['url']}/v1/explain?format=gif", data=blob, timeout=30)
+    assert r.status_code == 400 and "use json or png" in r.json()["error"]
+
+
+def test_offline_predict_of_a_folder_as_lines_json_and_csv(served, tmp_path, capsys):
+    import csv
+    import json
+
+    folder = tmp_path / "uploads"
+    (folder / "sub").mkdir(parents=True)
+    blobs = [_bytes(_image(100 + i), "PNG") for i in range(3)]
+    paths = [folder / "a.png", folder / "b.png", folder / "sub" / "c.png"]
+    for path, b in zip(paths, blobs):
+        path.write_bytes(b)
+    (folder / "readme.txt").write_text("not scored: not an image extension")
+    want = _offline(served["dirs"][1], blobs)
+    model = str(served["dirs"][1])
+    capsys.readouterr()
+    assert main(["predict", str(folder), "--model", model]) == 0
+    lines = own_output(capsys.readouterr().out).strip().splitlines()
+    assert len(lines) == 3
+    for line, path, p in zip(lines, paths, want):
+        assert line.startswith(f"{path}  {'fake' if p >= 0.5 else 'real'}  p_fake={p:.4f}  threshold=0.5000")
+    assert main(["predict", str(folder), "--model", model, "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(own_output(capsys.readouterr().out))))
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    np.testing.assert_allclose([float(r["p_fake"]) for r in rows], want, atol=1e-5)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert main(["predict", str(paths[0]), str(bad), "--model", model, "--json"]) == 1  # one unreadable: exit 1
+    got = json.loads(own_output(capsys.readouterr().out))
+    assert abs(got[0]["p_fake"] - want[0]) < 1e-5 and "faces" not in got[0]
+    assert got[1]["path"] == str(bad) and "unreadable or truncated image" in got[1]["error"]
+    # user mistakes: one line, exit 2
+    for argv, message in [(["predict", str(tmp_path / "nope.png"), "--model", model], "no such file or folder"),
+                          (["predict", str(tmp_path / "uploads" / "sub"), "--model", str(tmp_path)],
+                           "not a defakenet model")]:
+        assert main(argv) == 2
+        assert message in own_output(capsys.readouterr().err)
+
+
 def test_predict_cli_without_endpoint_is_one_line_error(tmp_path, capsys):
     img = tmp_path / "face.png"
     img.write_bytes(_bytes(_image(90), "PNG"))
@@ -255,7 +366,8 @@ def test_serve_cli_options():
 def test_serve_args_are_checked():
     from pydantic import ValidationError
 
-    from defakenet.serve import ServeArgs, parse_uri
+    from defakenet.inference import parse_uri
+    from defakenet.serve import ServeArgs
 
     assert ServeArgs().ongoing == 32 and ServeArgs().model == "models:/defakenet@champion"
     with pytest.raises(ValidationError, match="below max_batch_size"):

@@ -93,6 +93,17 @@ def eval_transform(data: DataConfig) -> A.Compose:
     )
 
 
+def input_box(height: int, width: int, data: DataConfig) -> tuple[float, float, float, float]:
+    """The square (x0, y0, x1, y1) of a height x width image that eval_transform turns into the network's input,
+    in the image's pixels; it reaches outside the image where the crop policy pads a small image."""
+    if _policy(data) == "crop":
+        side = float(data.input_size)
+    else:  # SmallestMaxSize scales the short side to image_size / crop_pct; CenterCrop takes image_size of it
+        side = data.image_size * min(height, width) / int(round(data.image_size / data.crop_pct))
+    x0, y0 = (width - side) / 2, (height - side) / 2
+    return x0, y0, x0 + side, y0 + side
+
+
 def _policy(data: DataConfig) -> str:
     # config.py validates the choice; this catches a DataConfig built by hand
     if data.input_policy not in ("resize", "crop"):

@@ -1,0 +1,195 @@
+"""Grad-CAM evidence: which parts of an image the network's fake score comes from.
+
+Grad-CAM (Selvaraju et al., ICCV 2017) by captum's `LayerGradCam`: a stage's feature map weighted by the mean
+gradient of the score of the class the verdict names (the logit for "fake", minus the logit for "real": why it
+was called what it was called), ReLU'd, upsampled to the input, scaled to [0, 1] per region. The stage is the
+backbone's last one (`model.backbone`: the map the head pools) when its map is at least MIN_SIDE cells on a
+side (224 px input: 7 x 7); at smaller inputs the last stage's map shrinks to 2 x 2 or 1 x 1, which says nothing
+about where, so the deepest stage with a MIN_SIDE map is used instead (conv2 at 32 px). A region is what the network scored: the whole image's centre square
+as the model's preprocessing cuts it, or each face crop (data.faces crop); each region's map is put back where the
+region lies in the image, so the heatmap has the image's size (zero where the network looked at nothing).
+
+The verdict next to the heatmap comes from inference.Predictor.predict_images, the path every other command
+scores through, so `explain` and `predict` give the same p_fake for the same file.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from defakenet.data.augment import input_box
+
+# heatmap opacity over the photo in the overlay
+ALPHA = 0.45
+# cells on a side of the feature map Grad-CAM reads, at least (where it can)
+MIN_SIDE = 4
+
+
+@dataclass
+class Explanation:
+    """An image's verdict (as predict gives it) and its Grad-CAM heatmap, float32 in [0, 1], image-sized."""
+
+    verdict: dict
+    heatmap: np.ndarray
+
+
+def cam_layer(model, side: int):
+    """(name, module) of the stage Grad-CAM reads for inputs of `side` px: the backbone's output when its map has
+    MIN_SIDE cells a side, else the deepest stage whose map has (the first stage when none has)."""
+    from defakenet.model import RESNET50V2_STACKS
+
+    backbone, reduction, sides = model.backbone, 4, []  # stem: 7x7/2 conv and 3x3/2 pool
+    for name, _, _, stride in RESNET50V2_STACKS[:backbone.stages]:
+        reduction *= stride
+        sides.append((name, -(-side // reduction)))
+    if sides[-1][1] >= MIN_SIDE:
+        return "backbone", backbone  # the last stage after post_bn + ReLU: what the head pools
+    fits = [name for name, s in sides if s >= MIN_SIDE]
+    name = fits[-1] if fits else sides[0][0]
+    return name, getattr(backbone, name)
+
+
+def gradcam(predictor, inputs: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """Grad-CAM maps (N, S, S) in [0, 1] of preprocessed inputs (N, 3, S, S), for sign * logit (+1: fake, -1:
+    real) of each."""
+    import torch
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    model = predictor.model
+    x = predictor.placement.put(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)))
+    sign = torch.as_tensor(signs, dtype=torch.float32, device=x.device)
+    _, layer = cam_layer(model, int(inputs.shape[-1]))
+    cam = LayerGradCam(lambda t: model(t) * sign[: len(t)], layer)
+    with torch.enable_grad():
+        # one score per input: no target index; relu: only what raises that score
+        a = cam.attribute(x, relu_attributions=True)
+    a = LayerAttribution.interpolate(a.detach(), tuple(inputs.shape[-2:]), interpolate_mode="bilinear")
+    maps = a[:, 0].float().cpu().numpy()
+    peak = maps.reshape(len(maps), -1).max(axis=1)
+    return (maps / np.where(peak > 0, peak, 1.0)[:, None, None]).clip(0, 1).astype(np.float32)
+
+
+def _paste(canvas: np.ndarray, heat: np.ndarray, box: tuple[float, float, float, float]) -> None:
+    """Resize `heat` onto `box` (image pixels, may reach outside) and keep the maximum with what `canvas` holds."""
+    import cv2
+
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    if x1 <= x0 or y1 <= y0:
+        return
+    resized = cv2.resize(heat, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    h, w = canvas.shape
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return
+    part = resized[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    np.maximum(canvas[cy0:cy1, cx0:cx1], part, out=canvas[cy0:cy1, cx0:cx1])
+
+
+def explain(predictor, images: list[np.ndarray]) -> list[Explanation]:
+    """Verdicts and image-sized Grad-CAM heatmaps of decoded RGB uint8 images."""
+    verdicts = predictor.predict_images(images)
+    out = []
+    for image, verdict in zip(images, verdicts):
+        h, w = image.shape[:2]
+        heat = np.zeros((h, w), dtype=np.float32)
+        if predictor.faces == "off":
+            regions = [((0.0, 0.0, float(w), float(h)), image)]
+        else:
+            from defakenet.faces import crop_box
+
+            faces, crops = predictor.regions(image)
+            margin = predictor.config.data.face_margin
+            regions = [(crop_box(image.shape, f, margin), c) for f, c in zip(faces, crops)]
+        if regions:
+            labels = [f["label"] for f in verdict["faces"]] if "faces" in verdict else [verdict["label"]]
+            signs = np.array([1.0 if label == "fake" else -1.0 for label in labels])
+            maps = gradcam(predictor, predictor.inputs([r for _, r in regions]), signs)
+            for ((rx0, ry0, _, _), region), m in zip(regions, maps):
+                bx0, by0, bx1, by1 = input_box(region.shape[0], region.shape[1], predictor.config.data)
+                _paste(heat, m, (rx0 + bx0, ry0 + by0, rx0 + bx1, ry0 + by1))
+        out.append(Explanation(verdict, heat))
+    return out
+
+
+def overlay(image: np.ndarray, ex: Explanation, model: str = "") -> np.ndarray:
+    """The photo with the heatmap over it (jet, ALPHA), the face boxes (red: fake, green: real) and a caption
+    line: label, p_fake against the threshold, the model."""
+    import matplotlib
+    from PIL import Image, ImageDraw
+
+    rgba = matplotlib.colormaps["jet"](ex.heatmap)[..., :3] * 255.0
+    weight = (ALPHA * ex.heatmap)[..., None]  # cold pixels stay the photo
+    mixed = (image.astype(np.float32) * (1 - weight) + rgba * weight).clip(0, 255).astype(np.uint8)
+    pil = Image.fromarray(mixed)
+    draw = ImageDraw.Draw(pil)
+    v = ex.verdict
+    width = max(2, round(min(image.shape[:2]) / 150))
+    for f in v.get("faces", []):
+        colour = (230, 40, 40) if f["label"] == "fake" else (40, 200, 60)
+        draw.rectangle(f["box"], outline=colour, width=width)
+        draw.text((f["box"][0] + 3, f["box"][1] + 2), f"{f['p_fake']:.2f}", fill=colour)
+    p = "no face found" if v["p_fake"] is None else f"p_fake {v['p_fake']:.4f}"
+    caption = f"{v['label']}  {p}  threshold {v['threshold']:.4f}" + (f"  {model}" if model else "")
+    box = draw.textbbox((0, 0), caption)
+    draw.rectangle((0, 0, box[2] + 8, box[3] + 6), fill=(0, 0, 0))
+    draw.text((4, 3), caption, fill=(255, 255, 255))
+    return np.asarray(pil)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def heatmap_png(ex: Explanation) -> bytes:
+    """The heatmap alone as an 8-bit grayscale PNG (255 = the hottest pixel)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((ex.heatmap * 255).round().astype(np.uint8), "L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def to_json(ex: Explanation, overlay_png: bytes) -> dict:
+    """The verdict with the overlay and the bare heatmap as base64 PNGs (what POST /v1/explain returns)."""
+    return {**ex.verdict, "overlay_png": base64.b64encode(overlay_png).decode(),
+            "heatmap_png": base64.b64encode(heatmap_png(ex)).decode()}
+
+
+def model_label(predictor) -> str:
+    return predictor.name + (f" v{predictor.version}" if predictor.version is not None else "")
+
+
+def write_explanations(predictor, paths: list[Path], out_dir: Path) -> list[dict]:
+    """`defakenet explain`: per image OUT/NAME.explain.png (the overlay) and NAME.heatmap.png; the verdicts with
+    the files written, or {"path", "error"} for an unreadable file."""
+    from defakenet.data.image import load_rgb
+    from defakenet.errors import DataError
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results, used = [], set()
+    for path in paths:
+        try:
+            image = load_rgb(path)
+        except DataError as e:
+            results.append({"path": str(path), "error": str(e)})
+            continue
+        (ex,) = explain(predictor, [image])
+        stem = path.stem
+        while stem in used:  # two inputs of one name from different folders
+            stem += "_"
+        used.add(stem)
+        over, heat = out_dir / f"{stem}.explain.png", out_dir / f"{stem}.heatmap.png"
+        over.write_bytes(png_bytes(overlay(image, ex, model_label(predictor))))
+        heat.write_bytes(heatmap_png(ex))
+        results.append({"path": str(path), **ex.verdict, "model": {"name": predictor.name, "version": predictor.version},
+                        "overlay": str(over), "heatmap": str(heat)})
+    return results
