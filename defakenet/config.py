@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from defakenet.faces import DEFAULT_MARGIN
 from defakenet.errors import ConfigError
 
 
@@ -46,7 +47,7 @@ class DataConfig:
     faces: str = _f("off", "face stage: off = the network sees the whole image; crop = faces are found in each image "
                            "(RetinaFace, docs/faces.md), cropped with data.face_margin and scored one by one, in "
                            "training, evaluation and serving alike")
-    face_margin: float = _f(0.3, "faces crop: share of the face box's side added on each side (DFDC's winning "
+    face_margin: float = _f(DEFAULT_MARGIN, "faces crop: share of the face box's side added on each side (DFDC's winning "
                                  "solutions used ~30 %)")
     face_aggregate: str = _f("max", "faces crop: an image's p_fake from its faces' scores: max = the most suspicious "
                                     "face, mean = their mean")

@@ -46,12 +46,13 @@ class _Probe(NamedTuple):
     fmt: str | None
     size: str | None  # "WxH" of the decoded image
     error: str | None
+    faces: int | None = None  # faces the detector found (data.faces crop), None when not looked for
 
 
 _FILES = Files()
 
 
-def _probe(path: str, name: str) -> _Probe:
+def _probe(path: str, name: str, detector=None) -> _Probe:
     try:
         data = _FILES.read(path) if is_uri(path) else Path(path).read_bytes()
     except OSError as e:
@@ -66,7 +67,8 @@ def _probe(path: str, name: str) -> _Probe:
     with Image.open(io.BytesIO(data)) as img:  # header only: the format name
         fmt = img.format or "unknown"
     pixels = hashlib.sha256(str(arr.shape).encode() + arr.tobytes()).hexdigest()
-    return _Probe(sha, pixels, fmt, f"{arr.shape[1]}x{arr.shape[0]}", None)
+    faces = len(detector.detect(arr)) if detector is not None else None
+    return _Probe(sha, pixels, fmt, f"{arr.shape[1]}x{arr.shape[0]}", None, faces)
 
 
 @dataclass
@@ -84,6 +86,9 @@ class InspectReport:
     duplicates: list[dict]  # {"kind": "exact"|"pixel", "splits", "classes", "files": [{"relpath","split","class"}]}
     empty_classes: list[dict[str, str]]  # {"split", "class", "path", "reason"}
     notes: list[str] = field(default_factory=list)
+    # data.faces crop: the images where the face detector found no face ({"relpath", "split", "class"}); training
+    # and evaluation feed those whole, serving answers "no-face"; None when faces were not looked for
+    no_face: list[dict[str, str]] | None = None
     skipped: int = 0  # non-image and hidden files the layout reader ignored
     seconds: float = 0.0
 
@@ -147,6 +152,10 @@ class InspectReport:
                    f"{len(self.leakage)} across splits")
         lines.append(f"duplicates: {dup}")
         lines.append(f"unreadable: {len(self.unreadable) or 'none'}")
+        if self.no_face is not None:
+            shown = ", ".join(f"{f['relpath']} ({f['split']}, {f['class']})" for f in self.no_face[:_SHOW_FILES])
+            more = f" (+{len(self.no_face) - _SHOW_FILES} more, see --json)" if len(self.no_face) > _SHOW_FILES else ""
+            lines.append(f"no face:    {len(self.no_face):,} of {self.n_images:,} images" + (f": {shown}{more}" if shown else ""))
         if self.notes:
             lines += ["", "notes:"] + [f"  - {n}" for n in self.notes]
         problems = self.problems
@@ -201,10 +210,12 @@ def inspect_dataset(
     seed: int = 0,
     progress: bool = True,
     workers: int = 4,
+    faces: bool = False,
 ) -> InspectReport:
     """Read the dataset at ROOT and decode every image; see the module docstring for what is reported.
 
     ratios / seed are those of read_manifest. progress shows a tqdm bar on stderr for more than 200 files.
+    faces: also run the face detector on every image and list those without a face (data.faces crop).
     Raises DataError for what read_manifest cannot read (no layout, missing CSV files, bad labels); empty class
     folders and unreadable images are reported, not raised.
     """
@@ -219,7 +230,12 @@ def inspect_dataset(
                disable=not progress or len(df) <= _PROGRESS_MIN_FILES)
     probes: list[_Probe] = []
     with bar, ThreadPoolExecutor(max_workers=workers) as pool:
-        for p in pool.map(_probe, paths, rels):
+        detector = None
+        if faces:
+            from defakenet.faces import FaceDetector
+
+            detector = FaceDetector(threads=1)  # the pool's threads share its session
+        for p in pool.map(_probe, paths, rels, [detector] * len(paths)):
             probes.append(p)
             bar.update(1)
 
@@ -267,6 +283,8 @@ def inspect_dataset(
         duplicates=duplicates,
         empty_classes=empty,
         notes=list(df.attrs.get("notes", [])),
+        no_face=None if not faces else [{"relpath": rels[i], "split": splits[i], "class": classes[i]}
+                                        for i, p in enumerate(probes) if p.faces == 0],
         skipped=int(df.attrs.get("skipped", 0)),
         seconds=round(time.perf_counter() - t0, 3),
     )

@@ -3,7 +3,8 @@
     manifest rows (one split)
       │ from_pandas: path, label, key [, degrade] (small rows only)
       │ random_shuffle (train only): paths in a new order every execution
-      │ map_batches(DecodeBatch), CPU tasks: read bytes, decode, [degrade,] augment (one Preprocess per process)
+      │ map_batches(DecodeBatch), CPU tasks: read bytes, decode, [degrade,] [face crop,] augment (one Preprocess
+      │ per process)
       ▼
     image float32 N×3×S×S, label float32 ──iter_batches──▶ (x, y) torch batches for engine.train_one_epoch
 
@@ -210,6 +211,8 @@ class DecodeBatch:
             rgb = decode_rgb(_files().read(path), name=path)
             if spec != NONE:
                 rgb = degrade(rgb, str(spec), int(key))
+            if self.data.faces == "crop":
+                rgb = face_crop(rgb, self.data.face_margin)
             if self.augment is not None:
                 from defakenet.data.augment import reseed
 
@@ -233,6 +236,23 @@ def _preprocess(data: DataConfig, augment: AugmentConfig | None, mode: str) -> P
 @functools.lru_cache(maxsize=1)
 def _files() -> Files:
     return Files()
+
+
+@functools.lru_cache(maxsize=1)
+def _detector():
+    from defakenet.faces import FaceDetector
+
+    return FaceDetector(threads=1)  # one per decode process; Ray runs as many processes as it has CPUs for
+
+
+def face_crop(rgb: np.ndarray, margin: float) -> np.ndarray:
+    """data.faces crop in training and evaluation: the crop of the detector's most confident face, or the whole
+    image when it finds none (a row needs an input; `defakenet data inspect --set data.faces=crop` lists those
+    images). Serving scores every face and takes data.face_aggregate of them (docs/faces.md)."""
+    from defakenet.faces import crop
+
+    found = _detector().detect(rgb)
+    return crop(rgb, found[0], margin) if found else rgb
 
 
 def _execution_index() -> int:
