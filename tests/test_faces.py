@@ -223,3 +223,28 @@ def test_no_face_is_said_not_scored_and_predict_prints_it(crop_model, face256, t
     assert main(["predict", str(tmp_path / "one.png"), "--model", str(crop_model), "--json"]) == 0
     (r,) = json.loads(own_output(capsys.readouterr().out))
     assert len(r["faces"]) == 1 and set(r["faces"][0]) == {"box", "detector_score", "p_fake", "label"}
+
+
+def test_training_and_evaluation_inputs_are_the_most_confident_face(ray_session, face256, tmp_path):
+    """data.faces crop in the Ray Data decode stage: each image becomes its first face's crop before the model's
+    preprocessing; an image without a face goes in whole."""
+    import pandas as pd
+
+    from defakenet.config import Config
+    from defakenet.data.augment import Preprocess
+    from defakenet.data.pipeline import build_dataset, iter_batches
+    from defakenet.faces import FaceDetector, crop
+
+    cfg = Config().replace(**{"data.image_size": 32, "data.faces": "crop"})
+    scenes = [_scene(640, 480, seed=8), _scene(640, 480, seed=9)]
+    _paste(scenes[0], face256, 300, 100, 200)
+    paths = []
+    for i, s in enumerate(scenes):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(s).save(paths[-1])
+    rows = pd.DataFrame({"path": paths, "label": [1, 0]})
+    x = np.concatenate([b[0].numpy() for b in iter_batches(build_dataset(rows, cfg, train=False), 2, train=False)])
+    pre = Preprocess(cfg.data, None, cfg.model.preprocessing)
+    face = FaceDetector().detect(scenes[0])[0]
+    np.testing.assert_allclose(x[0], pre(crop(scenes[0], face, cfg.data.face_margin)), atol=1e-6)
+    np.testing.assert_allclose(x[1], pre(scenes[1]), atol=1e-6)  # no face: the whole image
