@@ -13,9 +13,43 @@ from pathlib import Path
 from defakenet.config import Config
 from defakenet.errors import UserError
 
-# telemetry off; Ray Data's per-operator and MLflow's artifact progress bars off (one line per epoch is the progress)
+# telemetry off; Ray Data's per-operator and MLflow's artifact progress bars off (one line per epoch is the progress);
+# Ray Serve's components (controller, proxies, replicas: access logs, deployment events, defakenet's per-request JSON
+# lines) log to their files under the Ray session's logs/serve/ only, not to stderr, which Ray forwards to the
+# console of the command that started them. `--verbose` (VERBOSE_ENV) brings both back.
+# Ray Data's processes (split coordinators, decode tasks) read RAY_DATA_LOGGING_CONFIG: Ray Data's own config with
+# its console handler at WARNING, so its per-dataset "execution finished" lines stay in ray-data.log.
+RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-             "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+             "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+             "RAY_SERVE_LOG_TO_STDERR": "0", "RAY_DATA_LOGGING_CONFIG": str(RAY_DATA_LOGGING),
+             # Tune's new console output prints the experiment folder and a TensorBoard hint even at verbose=0;
+             # defakenet's study prints its own lines
+             "RAY_AIR_NEW_OUTPUT": "0"}
+VERBOSE_ENV = "DEFAKENET_VERBOSE"
+
+
+def set_verbose() -> None:
+    """`--verbose`: Serve's logs and Ray Data's execution plans on the console again (set before Ray starts)."""
+    os.environ[VERBOSE_ENV] = "1"
+    os.environ["RAY_SERVE_LOG_TO_STDERR"] = "1"
+    os.environ.pop("RAY_DATA_LOGGING_CONFIG", None)
+
+
+def _quiet_ray_data_here() -> None:
+    # this process imported ray.data (and configured its logger) before the variable was set: the same change here
+    import logging
+
+    for h in logging.getLogger("ray.data").handlers:
+        if type(h).__name__ == "PlainRayHandler":
+            h.setLevel(logging.WARNING)
+
+
+def quiet_env() -> dict[str, str]:
+    """QUIET_ENV with what the environment already sets (the user's, or --verbose's) winning; set here too."""
+    if os.environ.get(VERBOSE_ENV) == "1":
+        return {k: os.environ.setdefault(k, v) for k, v in QUIET_ENV.items() if k != "RAY_DATA_LOGGING_CONFIG"}
+    return {k: os.environ.setdefault(k, v) for k, v in QUIET_ENV.items()}
 
 
 def default_home(cfg: Config) -> Path:
@@ -78,13 +112,13 @@ def init_ray(cfg: Config, address: str | None = None, cpus: int = 0) -> None:
     # the datasets carry the driver's DataContext to every coordinator and task: no per-operator progress bars, no
     # execution plan printed per dataset and epoch (Ray Data's log files under the session folder keep them)
     DataContext.get_current().enable_progress_bars = False
-    DataContext.get_current().print_on_execution_start = False
+    DataContext.get_current().print_on_execution_start = os.environ.get(VERBOSE_ENV) == "1"
+    if os.environ.get(VERBOSE_ENV) != "1":
+        _quiet_ray_data_here()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    for k, v in QUIET_ENV.items():
-        os.environ.setdefault(k, v)
-    env = {"env_vars": dict(QUIET_ENV)}
+    env = {"env_vars": quiet_env()}
     if address:
         # a cluster (or a Ray Job, which sets RAY_ADDRESS): the job's runtime_env applies, don't replace it
         ray.init(address=address, log_to_driver=True)

@@ -54,6 +54,8 @@ def test_demo_runs_the_whole_loop_and_shuts_down(ray_session, tmp_path):
     for path, label, p, threshold, version, _truth in answers:
         assert os.path.isfile(path) and 0.0 <= float(p) <= 1.0 and int(version) == champion
         assert label == ("fake" if float(p) >= float(threshold) else "real")
+    # the replica's per-request lines went to Serve's log files, not between the predictions
+    assert '"event": "predict"' not in out, out[-4000:]
     right = sum(a[1] == a[5] for a in answers)
     assert f"{right} of 6 right" in out and right >= 4, out[-4000:]
 

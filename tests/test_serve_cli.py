@@ -177,6 +177,8 @@ def test_serves_until_sigterm_then_stops_cleanly(ray_session, model_dir, tmp_pat
     finally:
         out = _sigterm(proc, tmp_path)
     assert f"defakenet: serving {model_dir} at {url}/v1/predict" in out
+    # a quiet console: the replica's access log and per-request lines went to Serve's log files, not here
+    assert '"event": "predict"' not in out and "POST /v1/predict" not in out, out[-3000:]
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/healthz", timeout=5)
 
@@ -214,7 +216,7 @@ def test_high_throughput_mode_serves_through_haproxy(model_dir, tmp_path):
             _answers_as_evaluate(url, model_dir)
         finally:
             out = _sigterm(proc, tmp_path)
-        assert f"at {url}/v1/predict (docs {url}/docs) through HAProxy (high-throughput mode)" in out
+        assert f"at {url}/v1/predict (try it: {url}/, API docs {url}/docs) through HAProxy (high-throughput mode)" in out
         with pytest.raises(requests.ConnectionError):
             requests.get(f"{url}/healthz", timeout=5)
         deadline = time.monotonic() + 30
