@@ -57,6 +57,12 @@ def _add_config_args(p: argparse.ArgumentParser, flags: tuple[str, ...] = ()) ->
                            help=f"{help_} [{key}, default {default!r}]")
 
 
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", help="also print Ray Serve's request and deployment logs and "
+                                                          "Ray Data's execution plans (otherwise only in Ray's log "
+                                                          "files, under the session's logs/ folder)")
+
+
 def _config(args: argparse.Namespace) -> Config:
     """Defaults ← --config file ← flags ← --set."""
     flag_sets = [f"{k[5:].replace('__', '.')}={v}" for k, v in vars(args).items()
@@ -79,7 +85,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     from defakenet.data.inspect import inspect_dataset
 
     cfg = _config(args)
-    report = inspect_dataset(args.root, ratios=cfg.data.split, seed=cfg.data.split_seed, progress=True)
+    report = inspect_dataset(args.root, ratios=cfg.data.split, seed=cfg.data.split_seed, progress=True,
+                             faces=cfg.data.faces == "crop")
     print(report.to_text())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
@@ -240,11 +247,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Score images offline (--model) or through an endpoint (--url); one line per image, or --json / --csv.
-    0 when every image was scored, 1 when any was refused or unreadable."""
+    """Score images and videos offline (--model) or through an endpoint (--url); one line per file, or --json /
+    --csv. 0 when every file was scored; 1 when an image was refused or unreadable; 2 when a video was."""
     from defakenet.prediction import RAY_ABOVE, expand, predict_paths, predict_ray, write_results
+    from defakenet.video import is_video_path, predict_videos
 
     paths = expand(args.images)
+    videos = [p for p in paths if is_video_path(p)]
+    images = [p for p in paths if not is_video_path(p)]
     fmt = "json" if args.json else "csv" if args.csv else "lines"
 
     def progress(done: int, total: int) -> None:  # on stderr, so that --json / --csv on stdout stay clean
@@ -255,10 +265,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from defakenet.inference import load_predictor
 
         predictor = load_predictor(args.model, tracking_uri=_registry_uri(args), use_gpu=args.gpu)
-        if len(paths) > RAY_ABOVE:
-            results = predict_ray(predictor, paths, actors=args.actors, progress=progress)
+        if len(images) > RAY_ABOVE:
+            results = predict_ray(predictor, images, actors=args.actors, progress=progress)
         else:
-            results = predict_paths(predictor, paths, progress=progress)
+            results = predict_paths(predictor, images, progress=progress)
+        results += predict_videos(predictor, videos, Path(args.output), frames=args.frames, strategy=args.strategy)
     else:
         import os
 
@@ -267,11 +278,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
         results = []
         for path in paths:
-            results.append({"path": str(path), **predict_file(path, args.url, token=token)})
+            video = is_video_path(path)
+            r = predict_file(path, args.url, token=token, route="/v1/predict-video" if video else "/v1/predict",
+                             timeout=300 if video else 60)
+            results.append({"path": str(path), **r, **({"video": True} if video and "error" in r else {})})
             if fmt == "lines":  # as they come: an endpoint answers one by one
                 write_results(results[-1:], fmt)
     if args.model or fmt != "lines":
         write_results(results, fmt)
+    if any("error" in r and r.get("video") for r in results):
+        return 2
     return 1 if any("error" in r for r in results) else 0
 
 
@@ -406,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume the study named by --run-name (default: the most recent one) without rerunning "
                         "finished trials")
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default $RAY_ADDRESS, else a local instance)")
+    _add_verbose(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="score a saved model on one or more datasets under degradations: ROC-AUC "
@@ -459,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole loop on a synthetic dataset: synth → inspect → train → evaluate → tune → "
                                          "champion → serve → predict over HTTP → shut down")
     p.add_argument("--home", default=".defakenet/demo", help="demo folder (default .defakenet/demo)")
+    _add_verbose(p)
     p.set_defaults(func=cmd_demo)
 
     from defakenet.client import DEFAULT_URL, TOKEN_ENV
@@ -481,15 +499,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arg", action="append", metavar="KEY=VALUE",
                    help="any application argument (docs/serving.md), e.g. max_batch_size=32, batch_wait_timeout_s="
                         "0.02, min_replicas=1, max_replicas=4, poll_interval_s=10, num_gpus=0.5; repeatable")
+    _add_verbose(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("predict", help="score images: offline with --model (no server), else through a running "
+    from defakenet.video import DEFAULT_FRAMES, STRATEGIES
+
+    p = sub.add_parser("predict", help="score images and videos: offline with --model (no server), else through a running "
                                        "endpoint (--url); one line per image",
                        epilog="Examples: defakenet predict photo.jpg --model models:/defakenet@champion; defakenet "
                               "predict uploads/ --model RUN/model --csv > scores.csv; defakenet predict a.jpg --url "
                               "http://127.0.0.1:8000. Exit status 1 when any image was refused or unreadable.")
-    p.add_argument("images", nargs="+", metavar="IMG", help="image files (JPEG, PNG, WebP, BMP, TIFF) or folders "
-                                                           "(read recursively)")
+    p.add_argument("images", nargs="+", metavar="FILE", help="image files (JPEG, PNG, WebP, BMP, TIFF), videos (MP4, "
+                                                            "MOV, AVI, MKV, WebM) or folders (read recursively)")
     p.add_argument("--model", metavar="MODEL", help="score here, without a server: a model directory, "
                                                     "models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/model")
     p.add_argument("--url", default=DEFAULT_URL, help=f"endpoint when no --model is given (default {DEFAULT_URL})")
@@ -499,12 +520,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "model and (face stage) faces with boxes")
     out.add_argument("--csv", action="store_true", help="print CSV: path,label,p_fake,threshold,faces,model,version,"
                                                         "error")
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"videos: frames sampled evenly (default "
+                                                                      f"{DEFAULT_FRAMES})")
+    p.add_argument("--strategy", choices=STRATEGIES, default="mean", help="videos: the video's p_fake from its "
+                                                                          "frames': mean, or DFDC's confident "
+                                                                          "strategy (default mean)")
+    p.add_argument("--output", default=".", metavar="DIR", help="videos, --model: where NAME.timeline.png goes "
+                                                                "(default the current folder)")
     p.add_argument("--gpu", action="store_true", help="--model: run on a GPU")
     p.add_argument("--actors", type=int, default=1, help="--model, folders of more than 256 images: model copies "
                                                          "scoring in parallel through Ray Data (default 1)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI of models:/ URIs (default "
                                                          "$MLFLOW_TRACKING_URI, else the SQLite store under --home)")
     p.add_argument("--home", default="", metavar="DIR", help="data folder of the default SQLite store")
+    _add_verbose(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="Grad-CAM heatmaps of images: an overlay PNG per image (heatmap, face boxes, "
@@ -557,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "submit":
         parser.error(f"unrecognized arguments: -- {' '.join(extra)}")
     args.extra = extra
+    if getattr(args, "verbose", False):
+        from defakenet.runtime import set_verbose
+
+        set_verbose()
     try:
         return args.func(args)
     except UserError as e:

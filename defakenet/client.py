@@ -20,8 +20,9 @@ _CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/pn
 
 
 def predict_file(path: str | Path, url: str = DEFAULT_URL, *, token: str | None = None,
-                 timeout: float = 60.0) -> dict:
-    """POST one image file to `url`/v1/predict; the JSON answer, or {"error", "status"} for a refused image.
+                 timeout: float = 60.0, route: str = "/v1/predict") -> dict:
+    """POST one file to `url` + `route` (/v1/predict, or /v1/predict-video for a video); the JSON answer, or
+    {"error", "status"} for a refused one.
 
     UserError when the file cannot be read or nothing answers at `url`.
     """
@@ -33,7 +34,7 @@ def predict_file(path: str | Path, url: str = DEFAULT_URL, *, token: str | None 
     headers = {"Content-Type": _CONTENT_TYPES.get(p.suffix.lower(), "application/octet-stream")}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(f"{url.rstrip('/')}/v1/predict", data=data, headers=headers, method="POST")
+    req = urllib.request.Request(f"{url.rstrip('/')}{route}", data=data, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
@@ -60,6 +61,8 @@ def format_line(path: str | Path, result: dict) -> str:
     if result.get("p_fake") is None:
         return f"{path}  {result['label']}  (no face found)  threshold={result['threshold']:.4f}  {model}"
     line = f"{path}  {result['label']}  p_fake={result['p_fake']:.4f}  threshold={result['threshold']:.4f}  {model}"
-    if "faces" in result:
+    if "frames_sampled" in result:  # a video
+        line += f"  frames={result['frames_sampled']} ({result['strategy']})"
+    elif "faces" in result:
         line += f"  faces={len(result['faces'])}"
     return line

@@ -23,9 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from defakenet.data.augment import input_box
+from defakenet.inference import model_label
 
 # heatmap opacity over the photo in the overlay
 ALPHA = 0.45
+# overlays of narrower images carry no caption strip
+CAPTION_MIN_WIDTH = 128
 # cells on a side of the feature map Grad-CAM reads, at least (where it can)
 MIN_SIDE = 4
 
@@ -117,27 +120,34 @@ def explain(predictor, images: list[np.ndarray]) -> list[Explanation]:
 
 
 def overlay(image: np.ndarray, ex: Explanation, model: str = "") -> np.ndarray:
-    """The photo with the heatmap over it (jet, ALPHA), the face boxes (red: fake, green: real) and a caption
-    line: label, p_fake against the threshold, the model."""
+    """The photo with the heatmap over it (jet, ALPHA) and the face boxes (red: fake, green: real), and below it a
+    caption strip (label, p_fake against the threshold, the model) scaled to the width; images narrower than
+    CAPTION_MIN_WIDTH get no strip (the caption would not fit), so their overlay has the image's size."""
     import matplotlib
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     rgba = matplotlib.colormaps["jet"](ex.heatmap)[..., :3] * 255.0
     weight = (ALPHA * ex.heatmap)[..., None]  # cold pixels stay the photo
     mixed = (image.astype(np.float32) * (1 - weight) + rgba * weight).clip(0, 255).astype(np.uint8)
-    pil = Image.fromarray(mixed)
-    draw = ImageDraw.Draw(pil)
+    h, w = mixed.shape[:2]
     v = ex.verdict
-    width = max(2, round(min(image.shape[:2]) / 150))
+    size = max(10, min(28, w // 40))
+    strip = 0 if w < CAPTION_MIN_WIDTH else 2 * size + 12
+    pil = Image.new("RGB", (w, h + strip), (0, 0, 0))
+    pil.paste(Image.fromarray(mixed), (0, 0))
+    draw = ImageDraw.Draw(pil)
+    font = ImageFont.load_default(size=size)
+    width = max(1, round(min(h, w) / 150))
     for f in v.get("faces", []):
         colour = (230, 40, 40) if f["label"] == "fake" else (40, 200, 60)
         draw.rectangle(f["box"], outline=colour, width=width)
-        draw.text((f["box"][0] + 3, f["box"][1] + 2), f"{f['p_fake']:.2f}", fill=colour)
-    p = "no face found" if v["p_fake"] is None else f"p_fake {v['p_fake']:.4f}"
-    caption = f"{v['label']}  {p}  threshold {v['threshold']:.4f}" + (f"  {model}" if model else "")
-    box = draw.textbbox((0, 0), caption)
-    draw.rectangle((0, 0, box[2] + 8, box[3] + 6), fill=(0, 0, 0))
-    draw.text((4, 3), caption, fill=(255, 255, 255))
+        draw.text((f["box"][0] + 3, f["box"][1] + 2), f"{f['p_fake']:.2f}", fill=colour, font=font)
+    if strip:
+        p = "no face found" if v["p_fake"] is None else f"p_fake {v['p_fake']:.4f}"
+        colour = {"fake": (255, 90, 90), "real": (90, 220, 110)}.get(v["label"], (200, 200, 200))
+        draw.text((6, h + 4), f"{v['label']}  {p}  (threshold {v['threshold']:.4f})", fill=colour, font=font)
+        if model:
+            draw.text((6, h + 8 + size), model, fill=(200, 200, 200), font=font)
     return np.asarray(pil)
 
 
@@ -162,10 +172,6 @@ def to_json(ex: Explanation, overlay_png: bytes) -> dict:
     """The verdict with the overlay and the bare heatmap as base64 PNGs (what POST /v1/explain returns)."""
     return {**ex.verdict, "overlay_png": base64.b64encode(overlay_png).decode(),
             "heatmap_png": base64.b64encode(heatmap_png(ex)).decode()}
-
-
-def model_label(predictor) -> str:
-    return predictor.name + (f" v{predictor.version}" if predictor.version is not None else "")
 
 
 def write_explanations(predictor, paths: list[Path], out_dir: Path) -> list[dict]:
@@ -193,3 +199,46 @@ def write_explanations(predictor, paths: list[Path], out_dir: Path) -> list[dict
         results.append({"path": str(path), **ex.verdict, "model": {"name": predictor.name, "version": predictor.version},
                         "overlay": str(over), "heatmap": str(heat)})
     return results
+
+
+# the gallery of the evaluation report: this many false positives and as many false negatives per set
+GALLERY_PER_KIND = 3
+
+
+def mistakes_gallery(predictor, cells: list[dict], out_dir: Path, per_kind: int = GALLERY_PER_KIND) -> str:
+    """The evaluation report's gallery: per set (its undegraded cell), the `per_kind` most confident false
+    positives (real images scored highest) and false negatives (fakes scored lowest), each as a Grad-CAM overlay
+    under OUT/gallery/; returns the report.md section ("" when there are no mistakes or no undegraded cells)."""
+    from defakenet.data.image import load_rgb
+    from defakenet.errors import DataError
+
+    t = predictor.threshold
+    lines = []
+    for c in cells:
+        if c["degradation"] != "none" or not c.get("paths"):
+            continue  # a heatmap of the clean file would not explain the degraded one's score
+        labels, scores = np.asarray(c["labels"]), np.asarray(c["scores"])
+        fp = [i for i in np.argsort(-scores) if labels[i] == 0 and scores[i] >= t][:per_kind]
+        fn = [i for i in np.argsort(scores) if labels[i] == 1 and scores[i] < t][:per_kind]
+        shown = []
+        for kind, idx in (("false positive", fp), ("false negative", fn)):
+            for k, i in enumerate(idx):
+                try:
+                    image = load_rgb(c["paths"][i])
+                except DataError:
+                    continue
+                (ex,) = explain(predictor, [image])
+                name = f"{c['set']}_{'fp' if kind == 'false positive' else 'fn'}{k + 1}.png"
+                (out_dir / "gallery").mkdir(parents=True, exist_ok=True)
+                (out_dir / "gallery" / name).write_bytes(png_bytes(overlay(image, ex, model_label(predictor))))
+                shown.append(f"| {kind} | `{Path(c['paths'][i]).name}` | {scores[i]:.4f} | "
+                             f"![{name}](gallery/{name}) |")
+        if shown:
+            lines += [f"### {c['set']}", "", "| mistake | file | p_fake | Grad-CAM |", "| --- | --- | --- | --- |",
+                      *shown, ""]
+    if not lines:
+        return ""
+    return "\n".join(["## Most confident mistakes", "",
+                      f"Per set (undegraded), the {per_kind} real images scored most fake and the {per_kind} fakes "
+                      f"scored most real at threshold {t:.4f}, with Grad-CAM heatmaps of what raised the score of "
+                      "the class the model chose (defakenet explain).", "", *lines])

@@ -217,5 +217,10 @@ def load_predictor(uri: str, *, tracking_uri: str = "", version: int | None = No
     return Predictor(saved, name=name, version=version, alias=alias, **kwargs)
 
 
+def model_label(predictor: Predictor) -> str:
+    """`NAME vVERSION` (or the name alone): how answers name the model that gave them."""
+    return predictor.name + (f" v{predictor.version}" if predictor.version is not None else "")
+
+
 def _label(p: float, threshold: float) -> str:
     return "fake" if p >= threshold else "real"

@@ -27,15 +27,17 @@ CSV_COLUMNS = ("path", "label", "p_fake", "threshold", "faces", "model", "versio
 
 
 def expand(inputs: Iterable[str]) -> list[Path]:
-    """Files as given and the image files under folders (recursively, sorted); UserError for a missing path or a
-    folder without images."""
+    """Files as given and the image and video files under folders (recursively, sorted); UserError for a missing
+    path or a folder without any."""
+    from defakenet.video import is_video_path
+
     out: list[Path] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_path(f))
+            found = sorted(f for f in p.rglob("*") if f.is_file() and (is_image_path(f) or is_video_path(f)))
             if not found:
-                raise UserError(f"{p}: no image files (JPEG, PNG, WebP, BMP, TIFF) in this folder")
+                raise UserError(f"{p}: no image files (JPEG, PNG, WebP, BMP, TIFF) or videos in this folder")
             out.extend(found)
         elif p.exists():
             out.append(p)
@@ -140,5 +142,5 @@ def write_results(results: list[dict], fmt: str, out=None) -> None:
         out.write(to_csv(results))
     else:
         for r in results:
-            out.write(format_line(r.get("path", "?"), r) + "\n")
+            out.write(format_line(r.get("path", "?"), r) + (f"  -> {r['timeline']}" if "timeline" in r else "") + "\n")
     out.flush()

@@ -7,6 +7,9 @@
                          │ verdict: per face {box, detector_score, p_fake, label}, the image's label and p_fake
                          └ poller thread: models:/NAME@ALIAS moved? load the new version, swap, keep serving
 
+Routes: POST /v1/predict (images), /v1/explain (Grad-CAM), /v1/predict-video; GET / (the page to try it),
+/healthz, /v1/model.
+
 `build_app(ServeArgs)` is the typed application builder that `serve run defakenet.serve:build_app key=value`,
 a Serve config file and a KubeRay RayService (`import_path: defakenet.serve:build_app`) all use.
 Each batch takes one snapshot of the current model, so a swap never mixes versions inside a batch and every
@@ -28,6 +31,7 @@ import threading
 import time
 import uuid
 import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -40,11 +44,14 @@ from ray.serve import Application
 from defakenet.client import TOKEN_ENV
 from defakenet.data.image import decode_rgb
 from defakenet.errors import DataError, UserError
-from defakenet.inference import Predictor, load_predictor
+from defakenet.inference import Predictor, load_predictor, model_label
+from defakenet.runtime import quiet_env
 
 logger = logging.getLogger("ray.serve")
 
 DEFAULT_MODEL_URI = "models:/defakenet@champion"
+# the page GET / serves
+WEB_PAGE = Path(__file__).with_name("web") / "index.html"
 ACCEPTED_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 # content types that say "bytes, look inside" rather than naming a format
 _SNIFFED_TYPES = {"", "application/octet-stream"}
@@ -74,6 +81,11 @@ class ServeArgs(BaseModel):
     min_replicas: int = Field(1, ge=0, description="autoscaling lower bound")
     max_replicas: int = Field(1, ge=1, description="autoscaling upper bound; equal to min: a fixed count")
     target_ongoing_requests: float = Field(8.0, gt=0, description="autoscaling target per replica")
+    max_video_bytes: int = Field(50 * 1024 * 1024, ge=1, description="POST /v1/predict-video: larger bodies get 413")
+    max_video_seconds: float = Field(120.0, gt=0, description="POST /v1/predict-video: longer videos get 413")
+    video_frames: int = Field(32, ge=1, le=256, description="POST /v1/predict-video: frames sampled evenly")
+    video_strategy: Literal["mean", "confident"] = Field("mean", description="the video's p_fake from its frames': "
+                                                          "mean, or DFDC's confident strategy")
     no_face: Literal["answer", "reject"] = Field("answer", description="models that score faces (data.faces crop), "
                                                  "an image without a face: answer = label no-face, faces [], "
                                                  "p_fake null; reject = 422")
@@ -254,13 +266,13 @@ class Detector:
         scores = m.score_images(images)
         return [(float(s), m) for s in scores]
 
-    async def answer(self, image: np.ndarray, name: str) -> tuple[dict, Predictor]:
+    async def answer(self, image: np.ndarray, name: str, reject: bool = True) -> tuple[dict, Predictor]:
         """One image's verdict: its regions (the whole image, or its faces when the model crops faces) scored in
         the shared batches; the model that scored them gives the threshold and the version named."""
         cur = self.current
         faces, regions = (await asyncio.to_thread(cur.regions, image) if cur.faces != "off"
                           else ([], [image]))
-        if not regions and self.args.no_face == "reject":
+        if not regions and reject and self.args.no_face == "reject":
             raise HTTPError(422, f"{name}: no face found (the model scores faces: data.faces crop)")
         answers = await asyncio.gather(*(self.score(r) for r in regions))
         m = answers[0][1] if answers else cur
@@ -271,33 +283,42 @@ class Detector:
         if self.token and request.headers.get("authorization", "") != f"Bearer {self.token}":
             raise HTTPError(401, "missing or wrong bearer token (Authorization: Bearer …)")
 
-    @app.post("/v1/predict")
-    async def predict_http(self, request: Request):
+    async def _respond(self, request: Request, event: str, work) -> Any:
+        """One request's envelope: `await work(rid, log)` makes the response (and may add fields to `log`, the
+        request's JSON log line); an HTTPError becomes its status with {"error": message}; every request is
+        counted, timed and logged once, with the version that answered it."""
         start = time.perf_counter()
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        status, results, version, message = 200, [], None, ""
+        log: dict[str, Any] = {"event": event, "request_id": rid, "status": 200}
         try:
-            multi, names, images = await self._images(request)
-            answers = await asyncio.gather(*(self.answer(img, name) for img, name in zip(images, names)))
-            results = [r for r, _ in answers]
-            version = answers[0][1].version
-            for r in results:
-                self.requests.inc(tags={"outcome": "ok", "label": r["label"]})
-            payload: Any = results if multi else results[0]
-            return JSONResponse(payload, headers={"x-request-id": rid})
+            return await work(rid, log)
         except HTTPError as e:
-            status, message = e.status, e.message
+            log.update(status=e.status, error=e.message)
             self.requests.inc(tags={"outcome": str(e.status), "label": ""})
             return JSONResponse({"error": e.message}, status_code=e.status, headers={"x-request-id": rid})
         finally:
             ms = (time.perf_counter() - start) * 1000
             self.latency.observe(ms)
-            line = {"event": "predict", "request_id": rid, "status": status, "images": len(results),
-                    "model_version": version if version is not None else self.current.version,
-                    "latency_ms": round(ms, 2)}
-            if message:
-                line["error"] = message
-            logger.info(json.dumps(line))
+            log.setdefault("model_version", self.current.version)
+            log["latency_ms"] = round(ms, 2)
+            logger.info(json.dumps(log))
+
+    def _count(self, labels: list[str]) -> None:
+        for label in labels:
+            self.requests.inc(tags={"outcome": "ok", "label": label})
+
+    @app.post("/v1/predict")
+    async def predict_http(self, request: Request):
+        async def work(rid: str, log: dict):
+            log["images"] = 0
+            multi, names, images = await self._images(request)
+            answers = await asyncio.gather(*(self.answer(img, name) for img, name in zip(images, names)))
+            results = [r for r, _ in answers]
+            log.update(images=len(results), model_version=answers[0][1].version)
+            self._count([r["label"] for r in results])
+            return JSONResponse(results if multi else results[0], headers={"x-request-id": rid})
+
+        return await self._respond(request, "predict", work)
 
     async def _images(self, request: Request) -> tuple[bool, list[str], list[np.ndarray]]:
         """(multipart?, names, decoded images) of a request, auth checked first; HTTPError for what is wrong."""
@@ -316,15 +337,14 @@ class Detector:
         ?format=png the overlay PNG itself (verdict in the x-defakenet-* headers)."""
         from fastapi.responses import Response
 
-        from defakenet.explain import explain, model_label, overlay, png_bytes, to_json
+        from defakenet.explain import explain, overlay, png_bytes, to_json
 
-        start = time.perf_counter()
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        status, message, m = 200, "", self.current
-        try:
+        async def work(rid: str, log: dict):
             if format not in ("json", "png"):
                 raise HTTPError(400, f"format {format!r}: use json or png")
-            multi, names, images = await self._images(request)
+            m = self.current
+            log["model_version"] = m.version
+            _, names, images = await self._images(request)
             if len(images) != 1:
                 raise HTTPError(400, f"{len(images)} images: /v1/explain takes one image per request")
             # on the event loop, between batches: Grad-CAM hooks the model's last stage, which a forward running
@@ -333,26 +353,55 @@ class Detector:
             if ex.verdict["p_fake"] is None and self.args.no_face == "reject":
                 raise HTTPError(422, f"{names[0]}: no face found (the model scores faces: data.faces crop)")
             png = await asyncio.to_thread(lambda: png_bytes(overlay(images[0], ex, model_label(m))))
-            model = {"name": m.name, "version": m.version}
-            self.requests.inc(tags={"outcome": "ok", "label": ex.verdict["label"]})
+            self._count([ex.verdict["label"]])
             if format == "png":
                 p = ex.verdict["p_fake"]
                 return Response(png, media_type="image/png", headers={
                     "x-request-id": rid, "x-defakenet-label": ex.verdict["label"],
-                    "x-defakenet-p-fake": "" if p is None else f"{p:.6f}",
-                    "x-defakenet-model": model_label(m)})
-            return JSONResponse({**to_json(ex, png), "model": model}, headers={"x-request-id": rid})
-        except HTTPError as e:
-            status, message = e.status, e.message
-            self.requests.inc(tags={"outcome": str(e.status), "label": ""})
-            return JSONResponse({"error": e.message}, status_code=e.status, headers={"x-request-id": rid})
-        finally:
-            ms = (time.perf_counter() - start) * 1000
-            line = {"event": "explain", "request_id": rid, "status": status, "model_version": m.version,
-                    "latency_ms": round(ms, 2)}
-            if message:
-                line["error"] = message
-            logger.info(json.dumps(line))
+                    "x-defakenet-p-fake": "" if p is None else f"{p:.6f}", "x-defakenet-model": model_label(m)})
+            return JSONResponse({**to_json(ex, png), "model": {"name": m.name, "version": m.version}},
+                                headers={"x-request-id": rid})
+
+        return await self._respond(request, "explain", work)
+
+    @app.post("/v1/predict-video")
+    async def predict_video_http(self, request: Request):
+        """A short video upload → video_frames frames sampled evenly, each scored as /v1/predict scores an image
+        (the face stage, the shared batches), and the video's verdict with the frames' and a timeline PNG."""
+        import base64
+
+        from defakenet.video import sample_bytes, timeline_png, video_verdict
+
+        async def work(rid: str, log: dict):
+            self._check_auth(request)
+            body = await read_body(request, self.args.max_video_bytes)
+            try:
+                clip = await asyncio.to_thread(sample_bytes, body, self.args.video_frames,
+                                               max_seconds=self.args.max_video_seconds, name="body")
+            except DataError as e:
+                raise HTTPError(413 if "over the limit" in str(e) else 415 if "not a readable" in str(e) else 400,
+                                str(e)) from None
+            answers = await asyncio.gather(*(self.answer(f, f"frame {i}", reject=False)
+                                             for f, i in zip(clip.frames, clip.indices)))
+            m = answers[0][1]
+            log["model_version"] = m.version
+            verdicts = [{k: v for k, v in r.items() if k != "model"} for r, _ in answers]
+            v = video_verdict(clip, verdicts, m.threshold, self.args.video_strategy)
+            if v["p_fake"] is None and self.args.no_face == "reject":
+                raise HTTPError(422, "body: no face found in any sampled frame (the model scores faces)")
+            png = await asyncio.to_thread(timeline_png, v, model_label(m))
+            self._count([v["label"]])
+            return JSONResponse({**v, "model": {"name": m.name, "version": m.version},
+                                 "timeline_png": base64.b64encode(png).decode()}, headers={"x-request-id": rid})
+
+        return await self._respond(request, "predict_video", work)
+
+    @app.get("/", include_in_schema=False)
+    async def page(self):
+        """The page to try the endpoint in a browser (defakenet/web/index.html: self-contained, works offline)."""
+        from fastapi.responses import HTMLResponse
+
+        return HTMLResponse(WEB_PAGE.read_text(encoding="utf-8"))
 
     @app.get("/healthz")
     async def healthz(self):
@@ -437,8 +486,6 @@ def high_throughput_env() -> dict[str, str]:
     shared /tmp/haproxy-serve, and its metrics and stats listeners take free ports, so two instances on one machine
     do not collide. What the user already set wins.
     """
-    from pathlib import Path
-
     if os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE"):
         d = Path(os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
     else:  # short: Ray puts a 56-character node id under it, and HAProxy takes socket paths of 97 characters at most
@@ -485,9 +532,9 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
 
     from defakenet import tracking
 
-    env = {"RAY_USAGE_STATS_ENABLED": "0", "NO_ALBUMENTATIONS_UPDATE": "1", **tracking.telemetry_off()}
-    for k, v in env.items():
-        os.environ.setdefault(k, v)
+    env = {**quiet_env(), **tracking.telemetry_off()}  # replicas log to Serve's files, not to this console
+    if env.get("RAY_SERVE_LOG_TO_STDERR") == "0":  # and so does this process's Serve client ("Started Serve …")
+        logger.setLevel(logging.WARNING)
     first = load(args.model_copy(update={"use_gpu": False}))
     what = f"{args.model} (version {first.version})" if first.alias else args.model
     del first
@@ -523,7 +570,7 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
         signal.signal(signal.SIGTERM, _interrupt)
     serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}"
-    print(f"defakenet: serving {what} at {url}/v1/predict (docs {url}/docs){mode}"
+    print(f"defakenet: serving {what} at {url}/v1/predict (try it: {url}/, API docs {url}/docs){mode}"
           + ("; Ctrl-C stops" if blocking else ""), flush=True)
     try:
         serve.run(make_app(args, {**env, **extra}), name="defakenet", route_prefix="/", blocking=blocking)

@@ -218,9 +218,10 @@ def suite_rows(suite: Suite, ratios, seed: int) -> pd.DataFrame:
 
 def run_suite(model: str, suite: Suite, *, output: str | Path | None = None, use_gpu: bool = False,
               actors: int = 1, tracking_uri: str | None = None, experiment: str | None = None,
-              log_run: bool = True, log: Callable[[str], None] = print) -> dict:
+              log_run: bool = True, gallery: bool = True, log: Callable[[str], None] = print) -> dict:
     """Score `model` (a directory or models:/, runs:/ URI) on every cell of `suite`; write the report to `output`
-    (a temp folder when None and logging), log one MLflow run and tag the registered version.
+    (a temp folder when None and logging), log one MLflow run and tag the registered version. `gallery`: the
+    report shows the most confident mistakes of each set with Grad-CAM heatmaps (explain.mistakes_gallery).
 
     Returns {model, version, threshold, suite, cells: [{set, degradation, **cell_metrics}], summary, report (paths)
     or None, run_id or None}. Errors in the suite (a missing set, a set with one class) come before any scoring.
@@ -274,6 +275,14 @@ def run_suite(model: str, suite: Suite, *, output: str | Path | None = None, use
         out = Path(output) if output else Path(tmp)
         if output or log_run:
             result["report"] = write_suite_report(out, cells, title=f"defakenet suite: {model}", info=info)
+            if gallery:
+                from defakenet.explain import mistakes_gallery
+                from defakenet.inference import Predictor
+
+                section = mistakes_gallery(Predictor(saved, name=name or "model", version=version), cells, out)
+                if section:
+                    md = result["report"]["markdown"]
+                    md.write_text(md.read_text(encoding="utf-8").rstrip() + "\n\n" + section, encoding="utf-8")
         if log_run:
             result["run_id"] = _log_run(result, out, tracking_uri, experiment or cfg.tracking.experiment)
         if output is None:

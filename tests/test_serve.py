@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -342,6 +343,94 @@ def test_offline_predict_of_a_folder_as_lines_json_and_csv(served, tmp_path, cap
                            "not a defakenet model")]:
         assert main(argv) == 2
         assert message in own_output(capsys.readouterr().err)
+
+
+def test_big_folders_go_through_ray_data_with_the_same_answers(served, tmp_path, monkeypatch, capsys):
+    import json
+
+    from defakenet import prediction
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    blobs = [_bytes(_image(300 + i), "PNG") for i in range(5)]
+    for i, b in enumerate(blobs):
+        (folder / f"{i}.png").write_bytes(b)
+    (folder / "4.png").write_bytes(b"not an image")  # one bad file: its error, in its place
+    monkeypatch.setattr(prediction, "RAY_ABOVE", 2)  # 5 images: Ray Data here, not the in-process loop
+    original, used = prediction.predict_ray, []
+    monkeypatch.setattr(prediction, "predict_ray", lambda *a, **k: used.append(1) or original(*a, **k))
+    capsys.readouterr()
+    assert main(["predict", str(folder), "--model", str(served["dirs"][1]), "--json", "--actors", "2"]) == 1
+    got = json.loads(own_output(capsys.readouterr().out))
+    assert [g["path"] for g in got] == [str(folder / f"{i}.png") for i in range(5)]
+    np.testing.assert_allclose([g["p_fake"] for g in got[:4]], _offline(served["dirs"][1], blobs[:4]), atol=1e-5)
+    assert got[4]["path"].endswith("4.png") and "not an image" in got[4]["error"]
+    assert used == [1]
+
+
+def _video(path, frames: int = 12, size: int = 48) -> None:
+    """An MP4 (FFmpeg's mpeg4 through OpenCV) of `frames` random images."""
+    import cv2
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 8, (size + 8, size))
+    assert w.isOpened()
+    for i in range(frames):
+        w.write(np.asarray(_image(200 + i, size=size))[..., ::-1])
+    w.release()
+
+
+def test_video_gets_a_score_per_frame_a_video_score_and_a_timeline(served, tmp_path, capsys):
+    import base64
+    import json
+
+    from defakenet.inference import Predictor
+    from defakenet.video import sample_frames
+
+    clip = tmp_path / "clip.mp4"
+    _video(clip)
+    # what the frames score in this process: the one inference path on the frames FFmpeg decodes
+    frames = sample_frames(clip, 32)
+    assert frames.indices == list(range(12)) and frames.frames[0].shape == (48, 56, 3)
+    want = Predictor.from_dir(served["dirs"][1]).score_images(frames.frames)
+    r = requests.post(f"{served['url']}/v1/predict-video", data=clip.read_bytes(),
+                      headers={"Content-Type": "video/mp4"}, timeout=300)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["frames_sampled"] == 12 and body["strategy"] == "mean" and body["duration_s"] == 1.5
+    np.testing.assert_allclose([f["p_fake"] for f in body["frames"]], want, atol=1e-5)
+    assert abs(body["p_fake"] - float(np.mean(want))) < 1e-5
+    assert body["label"] == ("fake" if body["p_fake"] >= 0.5 else "real")
+    assert _png_array(base64.b64decode(body["timeline_png"])).ndim == 3
+    # the CLI, offline: the same score, a timeline PNG
+    out = tmp_path / "timelines"
+    capsys.readouterr()
+    assert main(["predict", str(clip), "--model", str(served["dirs"][1]), "--output", str(out), "--json"]) == 0
+    (got,) = json.loads(own_output(capsys.readouterr().out))
+    assert abs(got["p_fake"] - body["p_fake"]) < 1e-5 and got["frames_sampled"] == 12
+    assert Path(got["timeline"]) == out / "clip.timeline.png" and _png_array(Path(got["timeline"]).read_bytes()).ndim == 3
+    assert main(["predict", str(clip), "--model", str(served["dirs"][1]), "--output", str(out), "--frames", "4"]) == 0
+    line = own_output(capsys.readouterr().out).strip()
+    assert "  frames=4 (mean)  -> " in line and line.startswith(f"{clip}  ")
+
+
+def test_a_truncated_or_fake_video_is_a_4xx_and_exit_2(served, tmp_path, capsys):
+    clip = tmp_path / "whole.mp4"
+    _video(clip, frames=24)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clip.read_bytes()[: len(clip.read_bytes()) // 3])
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video at all")
+    for path in (cut, notes):
+        r = requests.post(f"{served['url']}/v1/predict-video", data=path.read_bytes(), timeout=120)
+        assert r.status_code in (400, 415), (path, r.status_code, r.text)
+        assert "body:" in r.json()["error"], r.text
+        capsys.readouterr()
+        assert main(["predict", str(path), "--model", str(served["dirs"][1]), "--output", str(tmp_path)]) == 2
+        line = own_output(capsys.readouterr().out).strip()
+        assert line.startswith(f"{path}  error: {path}: "), line
+    r = requests.post(f"{served['url']}/v1/predict-video", data=b"", timeout=30)
+    assert r.status_code == 400 and "empty body" in r.json()["error"]
+    assert _post(served["url"], _bytes(_image(1), "PNG")).status_code == 200  # still serving
 
 
 def test_predict_cli_without_endpoint_is_one_line_error(tmp_path, capsys):

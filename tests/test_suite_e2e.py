@@ -68,6 +68,18 @@ def test_matrix_has_the_suite_shape_and_every_file(suite_run):
     assert len(scores) == sum(c["n"] for c in doc["cells"])
     big = scores[scores["set"] == "big"].pivot(index="path", columns="degradation", values="score")
     assert (big["none"] != big["jpeg:50"]).mean() > 0.9  # JPEG 50 changes what the model sees
+    # the gallery: each set's most confident mistakes on clean images, with their Grad-CAM overlays
+    report = (out / "report.md").read_text()
+    threshold = doc["info"]["threshold"]
+    for name in ("big", "small"):
+        clean = scores[(scores["set"] == name) & (scores["degradation"] == "none")]
+        n_fp = int(((clean["label"] == 0) & (clean["score"] >= threshold)).sum())
+        n_fn = int(((clean["label"] == 1) & (clean["score"] < threshold)).sum())
+        pngs = sorted((out / "gallery").glob(f"{name}_*.png")) if (out / "gallery").is_dir() else []
+        assert len(pngs) == min(3, n_fp) + min(3, n_fn), (name, n_fp, n_fn, pngs)
+        for png in pngs:
+            assert f"](gallery/{png.name})" in report and png.stat().st_size > 0
+    assert ("## Most confident mistakes" in report) == bool(list(out.glob("gallery/*.png")))
 
 
 @pytest.mark.parametrize("set_name, split, degradation", [("big", "test", "jpeg:50"), ("small", "all", "none")])
