@@ -364,6 +364,12 @@ def _version_arg(text: str) -> int:
     return int(t)
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected a whole number >= 1")
+    return int(text)
+
+
 # ---- parser
 
 
@@ -520,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "model and (face stage) faces with boxes")
     out.add_argument("--csv", action="store_true", help="print CSV: path,label,p_fake,threshold,faces,model,version,"
                                                         "error")
-    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"videos: frames sampled evenly (default "
+    p.add_argument("--frames", type=_positive_int, default=DEFAULT_FRAMES, help=f"videos: frames sampled evenly (default "
                                                                       f"{DEFAULT_FRAMES})")
     p.add_argument("--strategy", choices=STRATEGIES, default="mean", help="videos: the video's p_fake from its "
                                                                           "frames': mean, or DFDC's confident "
@@ -528,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=".", metavar="DIR", help="videos, --model: where NAME.timeline.png goes "
                                                                 "(default the current folder)")
     p.add_argument("--gpu", action="store_true", help="--model: run on a GPU")
-    p.add_argument("--actors", type=int, default=1, help="--model, folders of more than 256 images: model copies "
+    p.add_argument("--actors", type=_positive_int, default=1, help="--model, folders of more than 256 images: model copies "
                                                          "scoring in parallel through Ray Data (default 1)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI of models:/ URIs (default "
                                                          "$MLFLOW_TRACKING_URI, else the SQLite store under --home)")
