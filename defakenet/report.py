@@ -49,19 +49,20 @@ _PLOTS = (("roc", "ROC curve"), ("pr", "precision-recall curve"), ("confusion", 
 _FIGSIZE, _DPI = (5.0, 5.0), 100
 
 
-def _figure() -> Any:
-    """A new Figure on its own Agg canvas (no pyplot, no global state)."""
+def figure(width: float = _FIGSIZE[0], height: float = _FIGSIZE[1]) -> Any:
+    """A new Figure of width x height inches on its own Agg canvas (no pyplot, no global state): every plot
+    defakenet draws (reports, the suite, video timelines) starts here."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=_FIGSIZE, dpi=_DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
 def _plot_roc(path: Path, labels: np.ndarray, scores: np.ndarray, m: dict[str, Any]) -> None:
     fpr, tpr, _ = roc_points(labels, scores)
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC = {m['roc_auc']:.4f})")
     ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="chance")
@@ -78,7 +79,7 @@ def _plot_roc(path: Path, labels: np.ndarray, scores: np.ndarray, m: dict[str, A
 def _plot_pr(path: Path, labels: np.ndarray, scores: np.ndarray, m: dict[str, Any]) -> None:
     precision, recall, _ = pr_points(labels, scores)
     base = m["n_fake"] / m["n"]
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     ax.step(recall, precision, where="post", lw=2, label=f"PR (AP = {m['average_precision']:.4f})")
     ax.axhline(base, ls="--", color="gray", lw=1, label=f"chance (fake rate {base:.3f})")
@@ -93,7 +94,7 @@ def _plot_pr(path: Path, labels: np.ndarray, scores: np.ndarray, m: dict[str, An
 def _plot_confusion(path: Path, m: dict[str, Any]) -> None:
     cm = np.asarray(m["confusion_matrix"], dtype=np.float64)
     rates = cm / cm.sum(axis=1, keepdims=True)  # rows = true class, both non-empty (checked by compute_metrics)
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     for i in range(2):

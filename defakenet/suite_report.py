@@ -22,7 +22,7 @@ import numpy as np
 
 from defakenet.errors import DataError
 from defakenet.metrics import CALIBRATION_BINS, reliability_bins, roc_points
-from defakenet.report import _info_text, _json_default
+from defakenet.report import _info_text, _json_default, figure
 
 # file written for each name returned by write_suite_report
 SUITE_FILES = {
@@ -50,21 +50,10 @@ _PLOTS = (("heatmap", "ROC-AUC heatmap"), ("roc", "ROC curves"), ("reliability",
 _CELL_KEYS = ("set", "degradation", "labels", "scores", "metrics")
 # cell_metrics keys the report reads
 _METRIC_KEYS = ("n", "n_real", "n_fake", "threshold", "roc_auc", "roc_auc_ci", *(k for k, _ in _COLUMNS))
-_DPI = 100
 _PANEL = 4.0  # inches per ROC / reliability panel
 _PANELS_PER_ROW = 3
 _AUC_RANGE = (0.5, 1.0)  # fixed heatmap colour scale
 _PIPE = "\\|"  # a literal pipe inside a markdown table cell
-
-
-def _figure(width: float, height: float) -> Any:
-    """A new Figure of width x height inches on its own Agg canvas (no pyplot, no global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _grid(cells: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
@@ -181,7 +170,7 @@ def _plot_heatmap(path: Path, doc: dict[str, Any]) -> None:
     sets, degs = doc["sets"], doc["degradations"]
     by_key = {(c["set"], c["degradation"]): c for c in doc["cells"]}
     auc = np.array([[by_key[s, d]["roc_auc"] if (s, d) in by_key else np.nan for d in degs] for s in sets])
-    fig = _figure(2.5 + 1.3 * len(degs), 1.6 + 0.75 * len(sets))
+    fig = figure(2.5 + 1.3 * len(degs), 1.6 + 0.75 * len(sets))
     ax = fig.add_subplot()
     lo, hi = _AUC_RANGE
     image = ax.imshow(auc, cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
@@ -206,7 +195,7 @@ def _plot_heatmap(path: Path, doc: dict[str, Any]) -> None:
 def _panels(n: int) -> tuple[Any, list[Any]]:
     cols = min(n, _PANELS_PER_ROW)
     rows = math.ceil(n / cols)
-    fig = _figure(_PANEL * cols, _PANEL * rows)
+    fig = figure(_PANEL * cols, _PANEL * rows)
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
     return fig, axes
 

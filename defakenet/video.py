@@ -128,16 +128,15 @@ def predict_clip(predictor, clip: Clip, strategy: str = "mean") -> dict:
 
 
 def timeline_png(verdict: dict, title: str = "") -> bytes:
-    """p_fake per sampled frame over time, with the threshold and the video's score: a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """p_fake per sampled frame over time, with the threshold and the video's score: a PNG (drawn on
+    report.figure's own canvas, no pyplot: the endpoint draws it in a worker thread)."""
+    from defakenet.report import figure
 
     frames = verdict["frames"]
     t = [f["time_s"] for f in frames]
     p = [np.nan if f["p_fake"] is None else f["p_fake"] for f in frames]
-    fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
+    fig = figure(8, 3)
+    ax = fig.add_subplot()
     ax.plot(t, p, marker="o", ms=3, lw=1, color="#1f77b4", label="frame p_fake")
     ax.axhline(verdict["threshold"], color="#888", ls="--", lw=1, label=f"threshold {verdict['threshold']:.3f}")
     if verdict["p_fake"] is not None:
@@ -146,15 +145,11 @@ def timeline_png(verdict: dict, title: str = "") -> bytes:
     missing = [x for x, f in zip(t, frames) if f["p_fake"] is None]
     if missing:
         ax.plot(missing, [0.0] * len(missing), "x", color="#999", label="no face")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("p(fake)")
+    ax.set(ylim=(-0.02, 1.02), xlabel="time (s)", ylabel="p(fake)")
     ax.set_title(title or "defakenet video timeline", fontsize=10)
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()
 
 
