@@ -79,6 +79,16 @@ def model_files(saved: SavedModel) -> dict[str, bytes]:
             META_FILE: json.dumps(saved.meta, indent=2, default=float).encode()}
 
 
+def load_model_files(files: dict[str, bytes]) -> SavedModel:
+    """load_model of the files `model_files` made (what an actor on another node gets through the object store)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="defakenet-model-") as tmp:
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
+        return load_model(tmp)
+
+
 def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu") -> SavedModel:
     """Rebuild a DeFakeNet from a model directory; errors name the directory and the missing file."""
     d = Path(model_dir)

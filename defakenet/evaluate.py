@@ -9,13 +9,12 @@ through it.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from defakenet.artifact import load_model
+from defakenet.artifact import load_model, load_model_files
 from defakenet.inference import BATCH_CPU, BATCH_GPU, Predictor
 
 class _Scorer:
@@ -31,10 +30,7 @@ class _Scorer:
         else:
             import ray
 
-            with tempfile.TemporaryDirectory(prefix="defakenet-scorer-") as tmp:
-                for name, data in ray.get(model[0]).items():
-                    (Path(tmp) / name).write_bytes(data)
-                saved = load_model(tmp)
+            saved = load_model_files(ray.get(model[0]))
         self.predictor = Predictor(saved, use_gpu=use_gpu)
 
     def __call__(self, batch: dict) -> dict:

@@ -9,8 +9,9 @@ about where, so the deepest stage with a MIN_SIDE map is used instead (conv2 at 
 as the model's preprocessing cuts it, or each face crop (data.faces crop); each region's map is put back where the
 region lies in the image, so the heatmap has the image's size (zero where the network looked at nothing).
 
-The verdict next to the heatmap comes from inference.Predictor.predict_images, the path every other command
-scores through, so `explain` and `predict` give the same p_fake for the same file.
+The verdict next to the heatmap comes from inference.Predictor (its regions, scored and made a verdict as
+predict_images does: the path every other command scores through), so `explain` and `predict` give the same
+p_fake for the same file.
 """
 
 from __future__ import annotations
@@ -94,25 +95,25 @@ def _paste(canvas: np.ndarray, heat: np.ndarray, box: tuple[float, float, float,
 
 
 def explain(predictor, images: list[np.ndarray]) -> list[Explanation]:
-    """Verdicts and image-sized Grad-CAM heatmaps of decoded RGB uint8 images."""
-    verdicts = predictor.predict_images(images)
-    out = []
-    for image, verdict in zip(images, verdicts):
-        h, w = image.shape[:2]
-        heat = np.zeros((h, w), dtype=np.float32)
-        if predictor.faces == "off":
-            regions = [((0.0, 0.0, float(w), float(h)), image)]
-        else:
-            from defakenet.faces import crop_box
+    """Verdicts and image-sized Grad-CAM heatmaps of decoded RGB uint8 images. Each image's regions (its face
+    crops, or the image) are found once and scored as Predictor.predict_images scores them."""
+    from defakenet.faces import crop_box
 
-            faces, crops = predictor.regions(image)
-            margin = predictor.config.data.face_margin
-            regions = [(crop_box(image.shape, f, margin), c) for f, c in zip(faces, crops)]
+    out = []
+    for image in images:
+        h, w = image.shape[:2]
+        faces, regions = predictor.regions(image)
+        verdict = predictor.verdict(faces, predictor.score_images(regions))
+        heat = np.zeros((h, w), dtype=np.float32)
         if regions:
-            labels = [f["label"] for f in verdict["faces"]] if "faces" in verdict else [verdict["label"]]
+            if faces:
+                margin = predictor.config.data.face_margin
+                boxes, labels = [crop_box(image.shape, f, margin) for f in faces], [f["label"] for f in verdict["faces"]]
+            else:  # the whole image
+                boxes, labels = [(0, 0, w, h)], [verdict["label"]]
             signs = np.array([1.0 if label == "fake" else -1.0 for label in labels])
-            maps = gradcam(predictor, predictor.inputs([r for _, r in regions]), signs)
-            for ((rx0, ry0, _, _), region), m in zip(regions, maps):
+            maps = gradcam(predictor, predictor.inputs(regions), signs)
+            for (rx0, ry0, _, _), region, m in zip(boxes, regions, maps):
                 bx0, by0, bx1, by1 = input_box(region.shape[0], region.shape[1], predictor.config.data)
                 _paste(heat, m, (rx0 + bx0, ry0 + by0, rx0 + bx1, ry0 + by1))
         out.append(Explanation(verdict, heat))
@@ -196,8 +197,8 @@ def write_explanations(predictor, paths: list[Path], out_dir: Path) -> list[dict
         over, heat = out_dir / f"{stem}.explain.png", out_dir / f"{stem}.heatmap.png"
         over.write_bytes(png_bytes(overlay(image, ex, model_label(predictor))))
         heat.write_bytes(heatmap_png(ex))
-        results.append({"path": str(path), **ex.verdict, "model": {"name": predictor.name, "version": predictor.version},
-                        "overlay": str(over), "heatmap": str(heat)})
+        results.append({"path": str(path), **ex.verdict, "model": predictor.identity, "overlay": str(over),
+                        "heatmap": str(heat)})
     return results
 
 

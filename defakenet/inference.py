@@ -117,6 +117,11 @@ class Predictor:
         return self.saved.meta
 
     @property
+    def identity(self) -> dict:
+        """{"name", "version"}: what every answer says about the model that gave it."""
+        return {"name": self.name, "version": self.version}
+
+    @property
     def config(self):
         return self.saved.config
 
@@ -160,13 +165,13 @@ class Predictor:
         t = self.threshold
         if self.faces == "off":
             p = float(scores[0])
-            return {"label": _label(p, t), "p_fake": p, "threshold": t}
-        per_face = [{**f.to_dict(), "p_fake": float(s), "label": _label(float(s), t)} for f, s in zip(faces, scores)]
+            return {"label": label_of(p, t), "p_fake": p, "threshold": t}
+        per_face = [{**f.to_dict(), "p_fake": float(s), "label": label_of(float(s), t)} for f, s in zip(faces, scores)]
         if not per_face:
             return {"label": NO_FACE_LABEL, "p_fake": None, "threshold": t, "faces": []}
         ps = [f["p_fake"] for f in per_face]
         p = float(max(ps) if self.config.data.face_aggregate == "max" else np.mean(ps))
-        return {"label": _label(p, t), "p_fake": p, "threshold": t, "faces": per_face}
+        return {"label": label_of(p, t), "p_fake": p, "threshold": t, "faces": per_face}
 
     def predict_images(self, images: Sequence[np.ndarray]) -> list[dict]:
         """The verdict of each decoded RGB uint8 image: every region of every image in one batched pass."""
@@ -222,5 +227,6 @@ def model_label(predictor: Predictor) -> str:
     return predictor.name + (f" v{predictor.version}" if predictor.version is not None else "")
 
 
-def _label(p: float, threshold: float) -> str:
+def label_of(p: float, threshold: float) -> str:
+    """fake when p >= threshold (the validation split's), else real."""
     return "fake" if p >= threshold else "real"

@@ -70,23 +70,19 @@ def predict_paths(predictor, paths: list[Path], *, progress: Callable[[int, int]
 def _answer(predictor, path: Path, verdict: dict | None, error: str | None) -> dict:
     if error is not None:
         return {"path": str(path), "error": error}
-    return {"path": str(path), **verdict, "model": {"name": predictor.name, "version": predictor.version}}
+    return {"path": str(path), **verdict, "model": predictor.identity}
 
 
 class _PredictActor:
     """map_batches actor of predict_ray: one Predictor, the verdicts of a batch of paths as JSON strings."""
 
     def __init__(self, files: list, meta: dict):
-        import tempfile
-
         import ray
 
+        from defakenet.artifact import load_model_files
         from defakenet.inference import Predictor
 
-        with tempfile.TemporaryDirectory(prefix="defakenet-predict-") as tmp:
-            for name, data in ray.get(files[0]).items():
-                (Path(tmp) / name).write_bytes(data)
-            self.predictor = Predictor.from_dir(tmp, **meta)
+        self.predictor = Predictor(load_model_files(ray.get(files[0])), **meta)
 
     def __call__(self, batch: dict) -> dict:
         paths = [Path(p) for p in batch["path"]]

@@ -277,7 +277,7 @@ class Detector:
         answers = await asyncio.gather(*(self.score(r) for r in regions))
         m = answers[0][1] if answers else cur
         verdict = m.verdict(faces, [p for p, _ in answers])
-        return {**verdict, "model": {"name": m.name, "version": m.version}}, m
+        return {**verdict, "model": m.identity}, m
 
     def _check_auth(self, request: Request) -> None:
         if self.token and request.headers.get("authorization", "") != f"Bearer {self.token}":
@@ -359,7 +359,7 @@ class Detector:
                 return Response(png, media_type="image/png", headers={
                     "x-request-id": rid, "x-defakenet-label": ex.verdict["label"],
                     "x-defakenet-p-fake": "" if p is None else f"{p:.6f}", "x-defakenet-model": model_label(m)})
-            return JSONResponse({**to_json(ex, png), "model": {"name": m.name, "version": m.version}},
+            return JSONResponse({**to_json(ex, png), "model": m.identity},
                                 headers={"x-request-id": rid})
 
         return await self._respond(request, "explain", work)
@@ -391,7 +391,7 @@ class Detector:
                 raise HTTPError(422, "body: no face found in any sampled frame (the model scores faces)")
             png = await asyncio.to_thread(timeline_png, v, model_label(m))
             self._count([v["label"]])
-            return JSONResponse({**v, "model": {"name": m.name, "version": m.version},
+            return JSONResponse({**v, "model": m.identity,
                                  "timeline_png": base64.b64encode(png).decode()}, headers={"x-request-id": rid})
 
         return await self._respond(request, "predict_video", work)
@@ -408,7 +408,7 @@ class Detector:
         m = getattr(self, "current", None)
         if m is None:
             return JSONResponse({"status": "loading"}, status_code=503)
-        return {"status": "ok", "model": {"name": m.name, "version": m.version}}
+        return {"status": "ok", "model": m.identity}
 
     @app.get("/v1/model")
     async def model_info(self, request: Request):

@@ -114,12 +114,12 @@ def video_verdict(clip: Clip, frame_verdicts: Sequence[dict], threshold: float, 
     scored = np.array([f["p_fake"] for f in frames if f["p_fake"] is not None], dtype=np.float64)
     base = {"threshold": threshold, "strategy": strategy, "duration_s": round(clip.duration_s, 3),
             "frames_sampled": len(frames), "frames": frames}
-    if not len(scored):
-        from defakenet.inference import NO_FACE_LABEL
+    from defakenet.inference import NO_FACE_LABEL, label_of
 
+    if not len(scored):
         return {"label": NO_FACE_LABEL, "p_fake": None, **base}
     p = float(np.mean(scored)) if strategy == "mean" else confident(scored)
-    return {"label": "fake" if p >= threshold else "real", "p_fake": p, **base}
+    return {"label": label_of(p, threshold), "p_fake": p, **base}
 
 
 def predict_clip(predictor, clip: Clip, strategy: str = "mean") -> dict:
@@ -170,8 +170,7 @@ def predict_videos(predictor, paths: list[Path], out_dir: Path, *, frames: int =
         out_dir.mkdir(parents=True, exist_ok=True)
         png = out_dir / f"{path.stem}.timeline.png"
         png.write_bytes(timeline_png(v, f"{path.name}: {model_label(predictor)}"))
-        results.append({"path": str(path), **v, "model": {"name": predictor.name, "version": predictor.version},
-                        "timeline": str(png)})
+        results.append({"path": str(path), **v, "model": predictor.identity, "timeline": str(png)})
         if progress is not None:
             progress(k + 1, len(paths))
     return results
