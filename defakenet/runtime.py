@@ -36,20 +36,30 @@ def set_verbose() -> None:
     os.environ.pop("RAY_DATA_LOGGING_CONFIG", None)
 
 
-def _quiet_ray_data_here() -> None:
-    # this process imported ray.data (and configured its logger) before the variable was set: the same change here
-    import logging
-
-    for h in logging.getLogger("ray.data").handlers:
-        if type(h).__name__ == "PlainRayHandler":
-            h.setLevel(logging.WARNING)
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
 
 
 def quiet_env() -> dict[str, str]:
     """QUIET_ENV with what the environment already sets (the user's, or --verbose's) winning; set here too."""
-    if os.environ.get(VERBOSE_ENV) == "1":
-        return {k: os.environ.setdefault(k, v) for k, v in QUIET_ENV.items() if k != "RAY_DATA_LOGGING_CONFIG"}
-    return {k: os.environ.setdefault(k, v) for k, v in QUIET_ENV.items()}
+    skip = {"RAY_DATA_LOGGING_CONFIG"} if verbose() else set()
+    return {k: os.environ.setdefault(k, v) for k, v in QUIET_ENV.items() if k not in skip}
+
+
+def quiet_loggers() -> None:
+    """This process's share of the quiet console (unless --verbose): Ray Data's console handler (configured when
+    ray.data was imported, before QUIET_ENV was set) and Tune's INFO lines at WARNING, and Serve's client lines
+    ("Started Serve …") too while Serve's components keep to their files."""
+    import logging
+
+    if verbose():
+        return
+    for h in logging.getLogger("ray.data").handlers:
+        if type(h).__name__ == "PlainRayHandler":
+            h.setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    if os.environ.get("RAY_SERVE_LOG_TO_STDERR") == "0":
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
 def default_home(cfg: Config) -> Path:
@@ -112,9 +122,8 @@ def init_ray(cfg: Config, address: str | None = None, cpus: int = 0) -> None:
     # the datasets carry the driver's DataContext to every coordinator and task: no per-operator progress bars, no
     # execution plan printed per dataset and epoch (Ray Data's log files under the session folder keep them)
     DataContext.get_current().enable_progress_bars = False
-    DataContext.get_current().print_on_execution_start = os.environ.get(VERBOSE_ENV) == "1"
-    if os.environ.get(VERBOSE_ENV) != "1":
-        _quiet_ray_data_here()
+    DataContext.get_current().print_on_execution_start = verbose()
+    quiet_loggers()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")

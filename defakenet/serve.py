@@ -45,7 +45,7 @@ from defakenet.client import TOKEN_ENV
 from defakenet.data.image import decode_rgb
 from defakenet.errors import DataError, UserError
 from defakenet.inference import Predictor, load_predictor, model_label
-from defakenet.runtime import quiet_env
+from defakenet.runtime import quiet_env, quiet_loggers
 
 logger = logging.getLogger("ray.serve")
 
@@ -533,8 +533,7 @@ def run_server(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, bl
     from defakenet import tracking
 
     env = {**quiet_env(), **tracking.telemetry_off()}  # replicas log to Serve's files, not to this console
-    if env.get("RAY_SERVE_LOG_TO_STDERR") == "0":  # and so does this process's Serve client ("Started Serve …")
-        logger.setLevel(logging.WARNING)
+    quiet_loggers()
     first = load(args.model_copy(update={"use_gpu": False}))
     what = f"{args.model} (version {first.version})" if first.alias else args.model
     del first

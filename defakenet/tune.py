@@ -13,7 +13,6 @@ the study, a nested child run per trial.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
@@ -24,7 +23,7 @@ import pandas as pd
 
 from defakenet.config import Config, search_space
 from defakenet.errors import DataError, UserError, first_line
-from defakenet.runtime import VERBOSE_ENV, default_home, init_ray, storage_path
+from defakenet.runtime import default_home, init_ray, storage_path
 from defakenet.train import SCORE, finish, load_run_inputs
 
 DEFAULT_REGISTERED_NAME = "defakenet"
@@ -292,8 +291,6 @@ def run_study(cfg: Config, *, resume: bool = False, log: Callable[[str], None] =
     if resume and not exists:
         raise UserError(f"--resume: no study {study!r} at {path}")
     init_ray(cfg, address, cpus=math.ceil(local_k * per_trial))
-    if os.environ.get(VERBOSE_ENV) != "1":  # Tune's INFO lines (where it wrote its state): its files keep them
-        logging.getLogger("ray.tune").setLevel(logging.WARNING)
     # a trial ASHA stops is blocked in TorchTrainer.fit() until its next epoch: Tune's graceful stop would leave
     # its workers holding their CPUs/GPUs for up to 10 minutes while new trials start. Kill it after a few seconds
     # instead (its TrainController and workers go with it; its checkpoints and MLflow run stay).
