@@ -41,9 +41,14 @@ def verbose() -> bool:
 
 
 def quiet_env() -> dict[str, str]:
-    """QUIET_ENV with what the environment already sets (the user's, or --verbose's) winning; set here too."""
+    """The environment of the Ray processes defakenet starts (a local instance's, Serve's replicas'): QUIET_ENV with
+    what the environment already sets (the user's, or --verbose's) winning, set here too; plus the MLflow client's
+    credentials and TLS variables set here (`tracking.client_env`), so that a Tune trial, the Train controller that
+    logs the epochs and a replica that loads models:/NAME@champion reach the server the driver reaches."""
+    from defakenet.tracking import client_env
+
     skip = {"RAY_DATA_LOGGING_CONFIG"} if verbose() else set()
-    return {k: os.environ.setdefault(k, v) for k, v in QUIET_ENV.items() if k not in skip}
+    return {**{k: os.environ.setdefault(k, v) for k, v in QUIET_ENV.items() if k not in skip}, **client_env()}
 
 
 def quiet_loggers() -> None:

@@ -2,6 +2,10 @@
 
 - Where runs go: `resolve_tracking_uri` (explicit ← `$MLFLOW_TRACKING_URI` ← `sqlite:///{home}/mlflow.db`, artifacts
   under `{home}/mlartifacts`). Every other function takes `tracking_uri=None`, meaning "what mlflow is set to".
+- Reaching a server: `check_reachable` (it answers; it accepts the credentials mlflow reads from
+  `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD` or `MLFLOW_TRACKING_TOKEN`); `client_env` is what of
+  those the Ray processes defakenet starts need, `use_client_env` sets them there. Any backend store the server
+  runs on (SQLite, PostgreSQL) looks the same to defakenet.
 - A run: `Tracker` (rank 0 only) starts or resumes the run named `run_name`, logs the config as `section.key`
   params that `--set` accepts back, metrics, system facts as tags, artifacts and the model.
 - The model: a defakenet model directory (safetensors + JSON, see `artifact.py`) logged as an MLflow pyfunc
@@ -107,10 +111,11 @@ def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
 
 
 def check_reachable(tracking_uri: str) -> None:
-    """For an http(s) tracking URI, fail fast with a UserError naming it when nothing answers there.
+    """For an http(s) tracking URI, fail fast with a UserError naming it when nothing answers there, or when the
+    server refuses this process's credentials (`check_credentials`).
 
-    Any HTTP answer counts as reachable (even 401/404: auth and paths are mlflow's business), and so does a TLS
-    error (the server is there; mlflow's own TLS settings may differ from the defaults used here).
+    Any other HTTP answer counts as reachable (a 404: paths are mlflow's business), and so does a TLS error (the
+    server is there; mlflow's own TLS settings may differ from the defaults used here).
     """
     if not tracking_uri.startswith(("http://", "https://")):
         return
@@ -125,6 +130,73 @@ def check_reachable(tracking_uri: str) -> None:
             f"MLflow tracking server {_redact(tracking_uri)} is unreachable ({type(e).__name__}). "
             "Start one with mlflow/start-local.sh, or point --tracking-uri / MLFLOW_TRACKING_URI elsewhere."
         ) from None
+    check_credentials(tracking_uri)
+
+
+# the variables mlflow's client reads to authenticate to a tracking server and to trust its TLS certificate: what a
+# process defakenet starts (a Tune trial, the Train controller, a Serve replica) needs to reach the driver's server
+CLIENT_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+              "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS")
+_CREDENTIALS_HINT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+                     "to an account of that server")
+# (tracking URI, user, hash of the secret) that a server accepted: checked once per process
+_ACCEPTED: set[tuple[str, str, int]] = set()
+
+
+def client_env(environ=os.environ) -> dict[str, str]:
+    """The CLIENT_ENV variables set in `environ`, for the environment of the processes defakenet starts."""
+    return {k: environ[k] for k in CLIENT_ENV if environ.get(k)}
+
+
+def use_client_env(env: dict[str, str]) -> None:
+    """In a process defakenet started on Ray (the Train controller's epoch logger, a Tune trial): the driver's
+    `client_env()`, for those of its variables this process lacks (on a cluster the driver connected to, or a Ray
+    instance started before they were set, nothing else brings them). Call before making a client."""
+    for k, v in env.items():
+        if k in CLIENT_ENV:
+            os.environ.setdefault(k, v)
+
+
+def check_credentials(tracking_uri: str) -> None:
+    """UserError when the http(s) server at `tracking_uri` answers 401 or 403 to the credentials mlflow's client
+    would send (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD as basic auth, or MLFLOW_TRACKING_TOKEN as a
+    bearer token), or to none. The message names the server, the user and the variables to set; never the secret.
+
+    One read request (search one experiment), which any user of a basic-auth server may make; an accepted login is
+    remembered for the rest of the process. A server without auth answers 200.
+    """
+    import requests
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME", ""), os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN", "")
+    key = (tracking_uri, user, hash((password, token)))
+    if key in _ACCEPTED:
+        return
+    kwargs: dict[str, Any] = {}
+    if user and password:  # mlflow sends basic auth only when both are set
+        kwargs["auth"] = (user, password)
+    elif token:
+        kwargs["headers"] = {"Authorization": f"Bearer {token}"}
+    try:
+        r = requests.get(f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+                         params={"max_results": 1}, timeout=REACHABILITY_TIMEOUT_S, **kwargs)
+    except requests.exceptions.RequestException:
+        return  # /health answered; let mlflow's own retries and TLS settings deal with the rest
+    if r.status_code not in (401, 403):
+        _ACCEPTED.add(key)
+        return
+    status = f"{r.status_code} {'Unauthorized' if r.status_code == 401 else 'Forbidden'}"
+    server = _redact(tracking_uri)
+    if "auth" in kwargs:
+        raise UserError(f"MLflow tracking server {server} refused the credentials of user {user!r} ({status}): "
+                        f"check MLFLOW_TRACKING_PASSWORD, or {_CREDENTIALS_HINT}")
+    if "headers" in kwargs:
+        raise UserError(f"MLflow tracking server {server} refused the token in MLFLOW_TRACKING_TOKEN ({status}): "
+                        f"{_CREDENTIALS_HINT}")
+    half = ("MLFLOW_TRACKING_USERNAME is set but MLFLOW_TRACKING_PASSWORD is not" if user else
+            "MLFLOW_TRACKING_PASSWORD is set but MLFLOW_TRACKING_USERNAME is not" if password else
+            "none are set")
+    raise UserError(f"MLflow tracking server {server} requires credentials ({status}; {half}): {_CREDENTIALS_HINT}")
 
 
 # ---- runs

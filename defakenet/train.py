@@ -240,11 +240,14 @@ def epoch_logger(tracking_uri: str, run_id: str):
     recorded that epoch's checkpoint as the latest. So the history holds each epoch once: an epoch cut short by a
     worker failure is not logged (the restarted workers resume from the last committed checkpoint and train it
     again), and a committed epoch is never trained again. The controller runs on the driver's node, where a
-    SQLite tracking URI points.
+    SQLite tracking URI points. The MLflow credentials set where the callback is made go with it (the controller is
+    a Ray actor: it has the environment of the Ray job, not of this process).
     """
     from ray.train import UserCallback
 
     from defakenet import tracking
+
+    client_env = tracking.client_env()
 
     class EpochMetricsToMlflow(UserCallback):
         def __init__(self):
@@ -252,6 +255,7 @@ def epoch_logger(tracking_uri: str, run_id: str):
 
         def after_report(self, run_context, metrics, checkpoint):
             if self._client is None:
+                tracking.use_client_env(client_env)
                 self._client = tracking.metrics_client(tracking_uri)
             epoch_metrics = metrics[0]
             tracking.log_metrics_to(self._client, run_id, {k: v for k, v in epoch_metrics.items() if k != "epoch"},

@@ -67,8 +67,10 @@ def concurrency(cfg: Config, cluster: dict[str, float]) -> int:
 # ---- one trial
 
 
-def _trial(params: dict, *, base: dict, study: str, parent_run_id: str, tracking_uri: str, manifest) -> None:
-    """One trial: the study's config with this trial's values, trained by its own TorchTrainer."""
+def _trial(params: dict, *, base: dict, study: str, parent_run_id: str, tracking_uri: str, manifest,
+           client_env: dict[str, str]) -> None:
+    """One trial: the study's config with this trial's values, trained by its own TorchTrainer; `client_env`: the
+    driver's MLflow credentials (`tracking.client_env`)."""
     import ray.tune
     from ray.data import DataContext
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -80,6 +82,7 @@ def _trial(params: dict, *, base: dict, study: str, parent_run_id: str, tracking
     # cluster nothing else turns them off, and every driver of the cluster would print them)
     DataContext.get_current().enable_progress_bars = False
     trial_id = ray.tune.get_context().get_trial_id()
+    tracking.use_client_env(client_env)
     cfg = Config.from_dict(base).replace(**params, **{"tracking.run_name": trial_run_name(study, trial_id)})
     tracker = tracking.Tracker(tracking_uri).start(
         cfg.tracking.experiment, cfg.tracking.run_name,
@@ -300,7 +303,7 @@ def run_study(cfg: Config, *, resume: bool = False, log: Callable[[str], None] =
         tracker.log_config(cfg)
         trainable = tune.with_resources(
             tune.with_parameters(_trial, base=cfg.to_dict(), study=study, parent_run_id=tracker.run_id,
-                                 tracking_uri=tracking_uri, manifest=manifest),
+                                 tracking_uri=tracking_uri, manifest=manifest, client_env=tracking.client_env()),
             {"CPU": TRIAL_DRIVER_CPUS})
         if exists:
             log(f"resuming study {study} from {path}")
