@@ -4,14 +4,15 @@ A model directory holds
 - `model.safetensors`: the DeFakeNet state dict;
 - `config.json`: the full training config (`Config.to_dict()`), so the architecture is rebuilt from our own code;
 - `meta.json`: what serving and evaluation need to see exactly what training saw — preprocessing mode, input
-  size, crop policy, the decision threshold chosen on the validation split, and the metrics.
+  size, crop policy, the decision threshold chosen on the validation split, and the metrics;
+- optionally `model.onnx`, `model.int8.onnx` and `onnx.json` (export.py): the graphs of the onnx runtimes.
 The same directory is what checkpoints, MLflow model artifacts and the serving replicas load.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +33,10 @@ class SavedModel:
     model: DeFakeNet
     config: Config
     meta: dict
+    # runtime -> its ONNX graph's bytes, for the runtimes load_model was asked for (export.RUNTIME_FILES)
+    graphs: dict[str, bytes] = field(default_factory=dict)
+    # onnx.json: what made the graphs the directory holds (export.py); {} without any
+    exported: dict = field(default_factory=dict)
 
     @property
     def threshold(self) -> float:
@@ -74,23 +79,33 @@ def model_files(saved: SavedModel) -> dict[str, bytes]:
     """The files of a model directory for `saved`, from memory (what actors on other nodes rebuild it from)."""
     from safetensors.torch import save
 
+    from defakenet.export import EXPORT_FILE, RUNTIME_FILES
+
     state = {k: v.detach().cpu().contiguous() for k, v in saved.model.state_dict().items()}
-    return {WEIGHTS_FILE: save(state), CONFIG_FILE: json.dumps(saved.config.to_dict(), indent=2).encode(),
-            META_FILE: json.dumps(saved.meta, indent=2, default=float).encode()}
+    files = {WEIGHTS_FILE: save(state), CONFIG_FILE: json.dumps(saved.config.to_dict(), indent=2).encode(),
+             META_FILE: json.dumps(saved.meta, indent=2, default=float).encode()}
+    if saved.exported:
+        files[EXPORT_FILE] = json.dumps(saved.exported, indent=2, default=float).encode()
+    return {**files, **{RUNTIME_FILES[r]: g for r, g in saved.graphs.items()}}
 
 
-def load_model_files(files: dict[str, bytes]) -> SavedModel:
+def load_model_files(files: dict[str, bytes], runtime: str = "torch") -> SavedModel:
     """load_model of the files `model_files` made (what an actor on another node gets through the object store)."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="defakenet-model-") as tmp:
         for name, data in files.items():
             (Path(tmp) / name).write_bytes(data)
-        return load_model(tmp)
+        return load_model(tmp, runtime=runtime)
 
 
-def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu") -> SavedModel:
-    """Rebuild a DeFakeNet from a model directory; errors name the directory and the missing file."""
+def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu", runtime: str = "torch",
+               what: str = "") -> SavedModel:
+    """Rebuild a DeFakeNet from a model directory, with the ONNX graph `runtime` runs (export.RUNTIMES) read into
+    `graphs`; errors name the model (`what`, default the directory) and the missing file (for a graph: the
+    command that makes it)."""
+    from defakenet.export import facts, runtime_file
+
     d = Path(model_dir)
     if not d.is_dir():
         raise UserError(f"model {d} is not a directory (expected {WEIGHTS_FILE}, {CONFIG_FILE}, {META_FILE})")
@@ -107,4 +122,14 @@ def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu") 
     if missing or unexpected:
         raise UserError(f"model {d}: weights do not fit the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.eval()
-    return SavedModel(model, cfg, meta)
+    graphs = {}
+    graph = runtime_file(runtime)
+    if graph:
+        if not (d / graph).is_file():
+            cmd = f"defakenet export --model {what or d} --format {runtime}" + (" --data ROOT" if runtime == "onnx-int8"
+                                                                                 else "")
+            why = " (int8 is calibrated on ROOT's valid split and checked on its test split)" if runtime == "onnx-int8" else ""
+            raise UserError(f"model {what or d} has no {graph}, which --runtime {runtime} runs; make it with "
+                            f"`{cmd} -o OUT`{why} and use OUT")
+        graphs[runtime] = (d / graph).read_bytes()
+    return SavedModel(model, cfg, meta, graphs, facts(d))

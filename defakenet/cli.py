@@ -15,6 +15,7 @@ from pathlib import Path
 from defakenet import __version__
 from defakenet.config import Config, describe
 from defakenet.errors import UserError
+from defakenet.export import RUNTIMES
 
 # flag → config key; `store_true` flags are the bool keys
 FLAGS = {
@@ -170,13 +171,58 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     suite = suite_from_args(args.data, split=args.split, degrade=args.degrade, suite_file=args.suite,
                             resamples=args.bootstrap)
     result = run_suite(args.model, suite, output=args.output, use_gpu=args.gpu, actors=args.actors,
-                       tracking_uri=args.tracking_uri, experiment=args.experiment, log_run=not args.no_mlflow)
+                       runtime=args.runtime, tracking_uri=args.tracking_uri, experiment=args.experiment, log_run=not args.no_mlflow)
     print(format_result(result))
     if args.output:
         print(f"report:  {Path(args.output) / 'report.md'}")
     if result["run_id"]:
         tags = f"; suite.* tags on models:/{result['name']}/{result['version']}" if result["version"] else ""
         print(f"mlflow:  run {result['run_id']}{tags}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A model directory at --output with the ONNX graph (and, for onnx-int8, the guarded int8 graph): what
+    --runtime onnx / onnx-int8 serve. 0 when written; 2 when the int8 guard refused the graph."""
+    import shutil
+    import tempfile
+
+    from defakenet import tracking
+    from defakenet.artifact import CONFIG_FILE, META_FILE, WEIGHTS_FILE, load_model
+    from defakenet.export import EXPORT_FILE, RUNTIME_FILES, export_model
+
+    out = Path(args.output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise UserError(f"--output {out} exists and is not empty; pick a new folder or pass --force")
+    if args.format == "onnx-int8" and not args.data:
+        raise UserError("--format onnx-int8 needs --data ROOT: the int8 graph is calibrated on the valid split and "
+                        "kept only if its test ROC-AUC stays within --max-auc-drop of fp32's")
+    uri = args.model
+    tracking_uri = _registry_uri(args) if uri.startswith(("models:/", "runs:/")) else None
+    with tempfile.TemporaryDirectory(prefix="defakenet-export-") as tmp:
+        src = tracking.resolve_model(uri, Path(tmp) / "model", tracking_uri=tracking_uri)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in (WEIGHTS_FILE, CONFIG_FILE, META_FILE):
+            shutil.copy2(src / f, out / f)
+    for f in (*RUNTIME_FILES.values(), EXPORT_FILE):  # --force over an earlier export: nothing stale stays
+        (out / f).unlink(missing_ok=True)
+    cfg = load_model(out).config
+    manifest = None
+    if args.data:
+        from defakenet.data.layouts import read_manifest
+
+        manifest = read_manifest(args.data, ratios=cfg.data.split, seed=cfg.data.split_seed)
+    max_drop = cfg.export.int8_max_auc_drop if args.max_auc_drop is None else args.max_auc_drop
+    calibration = cfg.export.calibration_images if args.calibration_images is None else args.calibration_images
+    facts = export_model(out, int8=args.format == "onnx-int8", manifest=manifest, max_auc_drop=max_drop,
+                         calibration_images=calibration, log=lambda line: print(line, flush=True))
+    if args.format == "onnx-int8" and not facts["int8"]["guard"]["passed"]:
+        g = facts["int8"]["guard"]
+        print(f"defakenet: error: int8 lost {g['drop']:.4f} test ROC-AUC ({g['auc_fp32']:.4f} -> {g['auc_int8']:.4f}), "
+              f"more than --max-auc-drop {g['max_drop']:.4f}: {out / RUNTIME_FILES['onnx-int8']} was not written "
+              f"(serve --runtime onnx instead)", file=sys.stderr)
+        return 2
+    print(f"exported {uri} -> {out} (serve it: defakenet serve --model {out} --runtime {args.format})")
     return 0
 
 
@@ -224,7 +270,7 @@ def serve_args(args: argparse.Namespace):
         tracking_uri = tracking.resolve_tracking_uri(tracking_uri, args.home or tracking.DEFAULT_HOME)
     if args.replicas < 1:
         raise UserError(f"--replicas {args.replicas}: expected 1 or more")
-    values: dict = {"model": args.model, "tracking_uri": tracking_uri, "use_gpu": args.gpu,
+    values: dict = {"model": args.model, "tracking_uri": tracking_uri, "use_gpu": args.gpu, "runtime": args.runtime,
                     "min_replicas": args.replicas, "max_replicas": args.replicas}
     for item in args.arg or []:
         key, sep, value = item.partition("=")
@@ -264,7 +310,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.model:
         from defakenet.inference import load_predictor
 
-        predictor = load_predictor(args.model, tracking_uri=_registry_uri(args), use_gpu=args.gpu)
+        predictor = load_predictor(args.model, tracking_uri=_registry_uri(args), use_gpu=args.gpu,
+                                   runtime=args.runtime)
         if len(images) > RAY_ABOVE:
             results = predict_ray(predictor, images, actors=args.actors, progress=progress)
         else:
@@ -456,10 +503,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mlflow", action="store_true", help="do not log the suite as an MLflow run (nor tag the "
                                                             "registered version)")
     p.add_argument("--gpu", action="store_true", help="one GPU per inference actor")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch", help="what runs the forward: torch, onnx (ONNX "
+                   "Runtime fp32) or onnx-int8; the graph must be stored with the model (defakenet export) "
+                   "(default torch)")
     p.add_argument("--actors", type=int, default=1, help="inference actors (model copies) in parallel (default 1)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI of models:/ URIs and of the suite run (default "
                                           "$MLFLOW_TRACKING_URI, else the SQLite store under .defakenet)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write the ONNX graph of a model (fp32, or guarded int8) for --runtime onnx",
+                       epilog="Examples: defakenet export --model models:/defakenet@champion --format onnx -o onnx/; "
+                              "defakenet export --model RUN/model --format onnx-int8 --data DATA -o int8/ "
+                              "(calibrated on DATA's valid split, kept only if its test ROC-AUC holds: docs/serving.md)")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="model directory (RUN/model), models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/model")
+    p.add_argument("--format", choices=("onnx", "onnx-int8"), default="onnx",
+                   help="onnx: the fp32 graph; onnx-int8: also the static int8 graph (needs --data) (default onnx)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="a new folder: the model directory with model.onnx (model.int8.onnx), onnx.json")
+    p.add_argument("--data", metavar="ROOT", help="dataset cut as the model's training cut it: int8 calibrates on "
+                                                  "its valid split and is checked on test; parity runs on test images")
+    p.add_argument("--max-auc-drop", type=float, metavar="F", help="onnx-int8: the most test ROC-AUC int8 may lose "
+                                                                   "(default the model's export.int8_max_auc_drop, 0.005)")
+    p.add_argument("--calibration-images", type=_positive_int, metavar="N",
+                   help="onnx-int8: valid images to calibrate on (default the model's export.calibration_images, 256)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --output")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI of models:/ URIs (default "
+                                                         "$MLFLOW_TRACKING_URI, else the SQLite store under --home)")
+    p.add_argument("--home", default="", metavar="DIR", help="data folder of the default SQLite store")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="metrics and curves from a CSV of labels (1 = fake) and scores")
     p.add_argument("scores", help="CSV with columns label,score")
@@ -495,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--replicas", type=int, default=1, help="model replicas (default 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per replica")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch", help="what runs the forward: torch, onnx (ONNX "
+                   "Runtime fp32) or onnx-int8; the graph must be stored with the model (defakenet export) "
+                   "(default torch)")
     p.add_argument("--high-throughput", action="store_true",
                    help="Ray Serve's high-throughput mode: HAProxy forwards straight to the replicas' own ports "
                         "instead of Serve's Python proxy (a Ray instance started here; replicas listen on all "
@@ -534,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=".", metavar="DIR", help="videos, --model: where NAME.timeline.png goes "
                                                                 "(default the current folder)")
     p.add_argument("--gpu", action="store_true", help="--model: run on a GPU")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch", help="what runs the forward: torch, onnx (ONNX "
+                   "Runtime fp32) or onnx-int8; the graph must be stored with the model (defakenet export) "
+                   "(default torch)")
     p.add_argument("--actors", type=_positive_int, default=1, help="--model, folders of more than 256 images: model copies "
                                                          "scoring in parallel through Ray Data (default 1)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI of models:/ URIs (default "

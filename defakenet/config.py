@@ -149,6 +149,16 @@ class PromoteConfig:
                                        "than this below the champion's")
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    onnx: bool = _f(True, "save the ONNX graph (model.onnx, fp32) with every final model, so a logged or registered "
+                          "version carries it: serve/evaluate/predict --runtime onnx")
+    int8: bool = _f(False, "also quantize it to int8 at the end of training (static QDQ, calibrated on the valid "
+                           "split), kept only when its test ROC-AUC passes export.int8_max_auc_drop: --runtime onnx-int8")
+    int8_max_auc_drop: float = _f(0.005, "int8 is kept only if its test ROC-AUC is at most this below fp32's")
+    calibration_images: int = _f(256, "valid-split images the int8 calibration runs (activation ranges)")
+
+
 def _default_space() -> dict:
     # learning rate and freeze depth (fine-tuning), and the augmentation strength that mattered on real faces:
     # random resized crops that rescale the face cost ROC-AUC (docs/quality.md)
@@ -178,6 +188,7 @@ class Config:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     # ---- construction

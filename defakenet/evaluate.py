@@ -24,35 +24,38 @@ class _Scorer:
     model's files, so that actors on other nodes, which cannot see the driver's disk, get them too. The list
     keeps Ray from resolving the ref on the way in."""
 
-    def __init__(self, model: str | list, use_gpu: bool):
+    def __init__(self, model: str | list, use_gpu: bool, runtime: str = "torch"):
+        from defakenet.runtime import assigned_cpus
+
         if isinstance(model, str):
-            saved = load_model(model)
+            saved = load_model(model, runtime=runtime)
         else:
             import ray
 
-            saved = load_model_files(ray.get(model[0]))
-        self.predictor = Predictor(saved, use_gpu=use_gpu)
+            saved = load_model_files(ray.get(model[0]), runtime=runtime)
+        self.predictor = Predictor(saved, use_gpu=use_gpu, runtime=runtime, threads=assigned_cpus())
 
     def __call__(self, batch: dict) -> dict:
         return {"label": np.asarray(batch["label"]), "score": self.predictor.score_inputs(batch["image"])}
 
 
-def score_rows(model_dir: str | Path, rows, *, use_gpu: bool = False, actors: int = 1,
+def score_rows(model_dir: str | Path, rows, *, use_gpu: bool = False, actors: int = 1, runtime: str = "torch",
                progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Labels and p(fake) for manifest `rows` (columns path, label, optionally degrade), in row order, by Ray Data
-    batch inference; `progress(images scored so far)` is called after each batch."""
+    batch inference with `runtime` (torch, onnx, onnx-int8: its graph must be in the model directory);
+    `progress(images scored so far)` is called after each batch."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    from defakenet.artifact import CONFIG_FILE, META_FILE, WEIGHTS_FILE
+    from defakenet.artifact import model_files
     from defakenet.data.pipeline import build_dataset
 
-    saved = load_model(model_dir)
-    files = ray.put({name: (Path(model_dir) / name).read_bytes() for name in (WEIGHTS_FILE, CONFIG_FILE, META_FILE)})
+    saved = load_model(model_dir, runtime=runtime)  # a missing graph is one error here, not one per actor
+    files = ray.put(model_files(saved))
     ds = build_dataset(rows, saved.config, train=False)
     batch = BATCH_GPU if use_gpu else BATCH_CPU
     scored = ds.map_batches(
-        _Scorer, fn_constructor_kwargs={"model": [files], "use_gpu": use_gpu}, batch_size=batch,
+        _Scorer, fn_constructor_kwargs={"model": [files], "use_gpu": use_gpu, "runtime": runtime}, batch_size=batch,
         batch_format="numpy", compute=ActorPoolStrategy(size=actors), num_gpus=1 if use_gpu else 0,
     )
     scored.context.execution_options.preserve_order = True

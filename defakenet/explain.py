@@ -64,7 +64,7 @@ def gradcam(predictor, inputs: np.ndarray, signs: np.ndarray) -> np.ndarray:
     import torch
     from captum.attr import LayerAttribution, LayerGradCam
 
-    model = predictor.model
+    model = predictor.torch_model  # Grad-CAM needs gradients: the torch module, whichever runtime scores
     x = predictor.placement.put(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)))
     sign = torch.as_tensor(signs, dtype=torch.float32, device=x.device)
     _, layer = cam_layer(model, int(inputs.shape[-1]))

@@ -1,12 +1,14 @@
 """The one inference path: a loaded model and decoded images (or already preprocessed tensors) → p(fake).
 
     images (RGB uint8) ─▶ [faces: detect, crop with margin] ─▶ the model's own preprocessing ─▶ forward in batches
-                          (device, channels_last, autocast) ─▶ sigmoid ─▶ p(fake) per input, verdict per image
+                          (torch: device, channels_last, autocast | onnx, onnx-int8: an ONNX Runtime session)
+                          ─▶ sigmoid ─▶ p(fake) per input, verdict per image
 
 Training's validation (`engine.predict`), evaluation (Ray Data actors), serving (Serve replicas), `defakenet
 predict`, `defakenet explain` and the MLflow pyfunc all score through `p_fake` here, so a number means the same
-whichever of them computed it. `Predictor` is the object they hold: the model placed on its device with the
-preprocessing, threshold and face policy stored with it.
+whichever of them computed it. `Predictor` is the object they hold: the model placed on its device (or its
+exported graph in an ONNX Runtime session, `runtime`) with the preprocessing, threshold and face policy stored
+with it.
 """
 
 from __future__ import annotations
@@ -61,20 +63,53 @@ class Placement:
         return x.to(self.device, non_blocking=True, memory_format=fmt)
 
 
-def p_fake(model: torch.nn.Module, x: torch.Tensor | np.ndarray, placement: Placement,
+class OnnxModel:
+    """An exported graph (export.py: model.onnx or model.int8.onnx) in an ONNX Runtime session: what p_fake runs
+    in place of the torch module for the onnx runtimes. `threads`: intra-op threads (0: ONNX Runtime's default,
+    one per core); a replica passes the CPUs it reserved. The CUDA provider when asked for and installed
+    (onnxruntime-gpu), else the CPU."""
+
+    def __init__(self, graph: bytes | str, *, threads: int = 0, use_gpu: bool = False):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(graph, options, providers=providers)
+        self.input = self.session.get_inputs()[0].name
+        self.gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: x})[0]
+
+
+def p_fake(model: torch.nn.Module | OnnxModel, x: torch.Tensor | np.ndarray, placement: Placement,
            batch_size: int = 0) -> np.ndarray:
     """p(fake) = sigmoid(logit) of preprocessed NCHW float32 inputs, as float64, `batch_size` inputs per forward
-    (0: BATCH_GPU on CUDA, else BATCH_CPU). The model must already be on `placement.device`, in eval mode."""
+    (0: BATCH_GPU on CUDA, else BATCH_CPU). A torch model must already be on `placement.device`, in eval mode; an
+    OnnxModel runs where its session does."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if len(x) == 0:
         return np.zeros(0, dtype=np.float64)
-    n = batch_size or (BATCH_GPU if placement.device.type == "cuda" else BATCH_CPU)
+    gpu = model.gpu if isinstance(model, OnnxModel) else placement.device.type == "cuda"
+    n = batch_size or (BATCH_GPU if gpu else BATCH_CPU)
     out = []
     with torch.inference_mode():
         for chunk in x.split(n):
-            with autocast(placement.device, placement.amp):
-                logits = model(placement.put(chunk))
+            if isinstance(model, OnnxModel):
+                logits = torch.from_numpy(model(np.ascontiguousarray(chunk.numpy(), dtype=np.float32)))
+            else:
+                with autocast(placement.device, placement.amp):
+                    logits = model(placement.put(chunk))
             out.append(torch.sigmoid(logits.float()).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
@@ -89,16 +124,31 @@ class Predictor:
     """A saved model ready to answer: placed on its device, with the preprocessing, threshold and face policy
     stored with it. `score_inputs` takes preprocessed tensors (Ray Data, the pyfunc), `score_images` decoded
     whole images as the network sees them, `predict_images` the per-image verdicts (faces found and cropped first
-    when the model says `data.faces: crop`)."""
+    when the model says `data.faces: crop`).
+
+    `runtime` (export.RUNTIMES): torch runs the module; onnx and onnx-int8 run the graph stored beside the
+    weights (`saved.graphs`, loaded by `load_model(runtime=…)`) with `threads` intra-op threads. The torch module
+    stays loaded either way: Grad-CAM (explain) needs its gradients."""
 
     def __init__(self, saved: SavedModel, *, use_gpu: bool = False, batch_size: int = 0,
                  detector_threads: int = 1, name: str = "model", version: int | None = None,
-                 alias: str | None = None):
+                 alias: str | None = None, runtime: str = "torch", threads: int = 0):
+        from defakenet.export import RUNTIMES
+
+        if runtime not in RUNTIMES:
+            raise DataError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.saved = saved
         # which model answers: the registered name and version (an alias URI: the version it pointed at)
         self.name, self.version, self.alias = name, version, alias
+        self.runtime = runtime
         self.placement = Placement.choose(use_gpu)
-        self.model = place(saved.model, self.placement)
+        self.torch_model = place(saved.model, self.placement)
+        if runtime == "torch":
+            self.model: torch.nn.Module | OnnxModel = self.torch_model
+        else:
+            if runtime not in saved.graphs:
+                raise DataError(f"the model has no {runtime} graph loaded (load_model(..., runtime={runtime!r}))")
+            self.model = OnnxModel(saved.graphs[runtime], threads=threads, use_gpu=use_gpu)
         self.preprocess = saved.preprocess()
         self.threshold = saved.threshold
         self.batch_size = batch_size
@@ -107,10 +157,10 @@ class Predictor:
         self._detector = None
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, **kwargs) -> Predictor:
+    def from_dir(cls, model_dir: str | Path, runtime: str = "torch", **kwargs) -> Predictor:
         from defakenet.artifact import load_model
 
-        return cls(load_model(model_dir), **kwargs)
+        return cls(load_model(model_dir, runtime=runtime), runtime=runtime, **kwargs)
 
     @property
     def meta(self) -> dict:
@@ -118,8 +168,15 @@ class Predictor:
 
     @property
     def identity(self) -> dict:
-        """{"name", "version"}: what every answer says about the model that gave it."""
-        return {"name": self.name, "version": self.version}
+        """{"name", "version", "runtime"}: what every answer says about the model that gave it."""
+        return {"name": self.name, "version": self.version, "runtime": self.runtime}
+
+    @property
+    def device(self) -> str:
+        """Where the forward runs: cpu / cuda, and the ONNX Runtime provider for the onnx runtimes."""
+        if isinstance(self.model, OnnxModel):
+            return self.model.provider
+        return self.placement.device.type
 
     @property
     def config(self):
@@ -198,10 +255,12 @@ def parse_uri(uri: str) -> tuple[str, int | None, str | None]:
     return uri.rstrip("/").rsplit("/", 1)[-1], None, None
 
 
-def load_predictor(uri: str, *, tracking_uri: str = "", version: int | None = None, **kwargs) -> Predictor:
+def load_predictor(uri: str, *, tracking_uri: str = "", version: int | None = None, runtime: str = "torch",
+                   **kwargs) -> Predictor:
     """The model behind `uri` (a model directory, models:/NAME/VERSION, models:/NAME@ALIAS, runs:/…), downloaded
     and placed; an alias is resolved once (or pinned to `version`), so the predictor names the version it runs.
-    `kwargs` go to Predictor. UserError for an unknown model, version or alias, or an unreachable server."""
+    `runtime`: torch, onnx or onnx-int8 (the graph must be stored with the model). `kwargs` go to Predictor.
+    UserError for an unknown model, version or alias, a missing graph, or an unreachable server."""
     from defakenet import tracking
     from defakenet.artifact import load_model
 
@@ -216,10 +275,11 @@ def load_predictor(uri: str, *, tracking_uri: str = "", version: int | None = No
         version = pinned
     dst = tempfile.mkdtemp(prefix="defakenet-model-")
     try:
-        saved = load_model(tracking.resolve_model(uri, dst, tracking_uri=tracking_uri or None))
+        saved = load_model(tracking.resolve_model(uri, dst, tracking_uri=tracking_uri or None), runtime=runtime,
+                           what=uri)
     finally:
         shutil.rmtree(dst, ignore_errors=True)  # the weights are in memory now; a replica's swaps would leave ~100 MB each
-    return Predictor(saved, name=name, version=version, alias=alias, **kwargs)
+    return Predictor(saved, name=name, version=version, alias=alias, runtime=runtime, **kwargs)
 
 
 def model_label(predictor: Predictor) -> str:

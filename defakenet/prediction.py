@@ -82,7 +82,11 @@ class _PredictActor:
         from defakenet.artifact import load_model_files
         from defakenet.inference import Predictor
 
-        self.predictor = Predictor(load_model_files(ray.get(files[0])), **meta)
+        from defakenet.runtime import assigned_cpus
+
+        runtime = meta.get("runtime", "torch")
+        self.predictor = Predictor(load_model_files(ray.get(files[0]), runtime=runtime), threads=assigned_cpus(),
+                                   **meta)
 
     def __call__(self, batch: dict) -> dict:
         paths = [Path(p) for p in batch["path"]]
@@ -101,7 +105,8 @@ def predict_ray(predictor, paths: list[Path], *, actors: int = 1,
 
     init_ray(Config().replace(**{"resources.workers": actors}))
     files = ray.put(model_files(predictor.saved))
-    meta = {"name": predictor.name, "version": predictor.version, "alias": predictor.alias}
+    meta = {"name": predictor.name, "version": predictor.version, "alias": predictor.alias,
+            "runtime": predictor.runtime}
     ds = ray.data.from_items([{"path": str(p)} for p in paths]).map_batches(
         _PredictActor, fn_constructor_kwargs={"files": [files], "meta": meta}, batch_size=CHUNK,
         batch_format="numpy", compute=ActorPoolStrategy(size=actors))

@@ -145,6 +145,23 @@ def init_ray(cfg: Config, address: str | None = None, cpus: int = 0) -> None:
     check_gpus(cfg.resources.workers if cfg.resources.use_gpu else 0, local=not address)
 
 
+def assigned_cpus() -> int:
+    """The CPUs Ray reserved for this actor or task (at least 1); outside Ray, this process's torch threads: the
+    intra-op threads an ONNX Runtime session should use, so that replicas and actors do not oversubscribe."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+            if cpus:
+                return max(1, int(round(cpus)))
+    except Exception:  # noqa: BLE001 - not in a worker: fall through to the process's own setting
+        pass
+    import torch
+
+    return max(1, torch.get_num_threads())
+
+
 def check_gpus(needed: float, *, local: bool) -> None:
     """UserError when a Ray instance started here has fewer than `needed` GPUs (Ray would wait for them forever);
     on a cluster, a note: an autoscaler may still add GPU nodes."""

@@ -75,7 +75,12 @@ class ServeArgs(BaseModel):
     auth_token_env: str = Field(TOKEN_ENV, description="environment variable holding the bearer "
                                                                      "token; auth is on when it is set")
     poll_interval_s: float = Field(30.0, ge=0, description="how often replicas check the alias; 0: never")
-    use_gpu: bool = Field(False, description="run replicas on GPUs (channels_last, bf16 autocast)")
+    runtime: Literal["torch", "onnx", "onnx-int8"] = Field("torch", description="what runs the forward: torch (eager "
+                                                           "PyTorch), onnx (ONNX Runtime, fp32) or onnx-int8 (its "
+                                                           "guarded int8 graph); the graph must be stored with the "
+                                                           "model (defakenet export)")
+    use_gpu: bool = Field(False, description="run replicas on GPUs (channels_last, bf16 autocast; onnx: the CUDA "
+                                             "provider where onnxruntime-gpu is installed)")
     num_gpus: float = Field(1.0, gt=0, le=1, description="GPU share per replica when use_gpu (fractional ok)")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica")
     min_replicas: int = Field(1, ge=0, description="autoscaling lower bound")
@@ -115,8 +120,11 @@ class HTTPError(Exception):
 def load(args: ServeArgs, version: int | None = None) -> Predictor:
     """The model `args` names, ready to answer on the replica's device; `version` pins an alias URI to the version
     it resolved to."""
+    from defakenet.runtime import assigned_cpus
+
+    # ONNX Runtime's intra-op threads: the CPUs this replica reserved (num_cpus), not every core of the node
     return load_predictor(args.model, tracking_uri=args.tracking_uri, version=version, use_gpu=args.use_gpu,
-                          batch_size=args.max_batch_size)
+                          batch_size=args.max_batch_size, runtime=args.runtime, threads=assigned_cpus())
 
 
 # ---- reading requests
@@ -419,6 +427,9 @@ class Detector:
         m = self.current
         pre = m.meta.get("preprocessing", {})
         return {"name": m.name, "version": m.version, "alias": m.alias, "uri": self.args.model,
+                "runtime": {"name": m.runtime, "device": m.device,
+                            "graph": m.saved.exported.get("int8" if m.runtime == "onnx-int8" else "onnx")
+                            if m.runtime != "torch" else None},
                 "input_size": pre.get("input_size", pre.get("image_size")), "preprocessing": pre, "threshold": m.threshold,
                 "test_metrics": m.meta.get("test_metrics", {}),
                 "faces": {"policy": m.faces, "margin": m.config.data.face_margin,

@@ -217,10 +217,11 @@ def suite_rows(suite: Suite, ratios, seed: int) -> pd.DataFrame:
 
 
 def run_suite(model: str, suite: Suite, *, output: str | Path | None = None, use_gpu: bool = False,
-              actors: int = 1, tracking_uri: str | None = None, experiment: str | None = None,
+              actors: int = 1, runtime: str = "torch", tracking_uri: str | None = None, experiment: str | None = None,
               log_run: bool = True, gallery: bool = True, log: Callable[[str], None] = print) -> dict:
     """Score `model` (a directory or models:/, runs:/ URI) on every cell of `suite`; write the report to `output`
-    (a temp folder when None and logging), log one MLflow run and tag the registered version. `gallery`: the
+    (a temp folder when None and logging), log one MLflow run and tag the registered version. `runtime`: torch,
+    onnx or onnx-int8 (the graph stored with the model) scores the images; `gallery`: the
     report shows the most confident mistakes of each set with Grad-CAM heatmaps (explain.mistakes_gallery).
 
     Returns {model, version, threshold, suite, cells: [{set, degradation, **cell_metrics}], summary, report (paths)
@@ -243,17 +244,17 @@ def run_suite(model: str, suite: Suite, *, output: str | Path | None = None, use
     with tempfile.TemporaryDirectory(prefix="defakenet-suite-") as tmp:
         # a registry model is downloaded into a folder of our own and removed after scoring (~100 MB per call)
         model_dir = tracking.resolve_model(source, Path(tmp) / "model", tracking_uri=tracking_uri)
-        saved = load_model(model_dir)
+        saved = load_model(model_dir, runtime=runtime)  # a missing graph fails here, before any scoring
         cfg = saved.config
         rows = suite_rows(suite, cfg.data.split, cfg.data.split_seed)
         log(f"model: {model}{f' ({name} v{version})' if source != model else ''}, threshold {saved.threshold:.4f}, "
-            f"input {cfg.data.input_policy} {cfg.data.input_size} px, filter {cfg.model.input_filter}")
+            f"input {cfg.data.input_policy} {cfg.data.input_size} px, filter {cfg.model.input_filter}, runtime {runtime}")
         log(f"suite: {len(suite.sets)} set(s), {len(suite.cells())} cell(s), {len(rows):,} images to score")
         from defakenet.runtime import init_ray
 
         init_ray(cfg.replace(**{"resources.workers": actors, "resources.use_gpu": use_gpu}))
         start = time.perf_counter()
-        labels, scores = score_rows(model_dir, rows, use_gpu=use_gpu, actors=actors,
+        labels, scores = score_rows(model_dir, rows, use_gpu=use_gpu, actors=actors, runtime=runtime,
                                     progress=_progress_printer(len(rows), start, log))
         log(f"scored {len(rows):,} images in {time.perf_counter() - start:.0f} s")
 
@@ -266,7 +267,8 @@ def run_suite(model: str, suite: Suite, *, output: str | Path | None = None, use
     info = {"model": model, "registered_model": name, "version": version, "threshold": saved.threshold,
             "suite_digest": suite.digest(), "suite_source": suite.source, "suite": suite.to_dict(),
             "input_policy": cfg.data.input_policy, "input_filter": cfg.model.input_filter,
-            "image_size": cfg.data.image_size, "input_size": cfg.data.input_size, "summary": summary}
+            "image_size": cfg.data.image_size, "input_size": cfg.data.input_size, "runtime": runtime,
+            "summary": summary}
     result: dict[str, Any] = {"model": model, "name": name, "version": version, "threshold": saved.threshold,
                               "suite": suite, "summary": summary, "report": None, "run_id": None,
                               "cells": [{"set": c["set"], "degradation": c["degradation"], **c["metrics"]}

@@ -459,9 +459,10 @@ def log_model(model_dir: str | Path, *, name: str = "model", registered_model_na
     """Log a defakenet model directory into the active run as an MLflow pyfunc model; optionally register it.
 
     Format: `mlflow.pyfunc` "models from code" (defakenet/pyfunc.py, executed at load, imports defakenet —
-    nothing is pickled) with the directory as the artifact `model_dir`; signature float32 (-1, 3, S, S) →
-    float32 (-1,) p(fake); a one-zero-image input example; `metadata` = the directory's meta.json updated with
-    `metadata`. Returns {run_id, model_uri, model_id, name, version, registered_model_uri}; version and
+    nothing is pickled) with the directory as the artifact `model_dir` (its ONNX graphs too, model.onnx exported
+    here when missing and the config's export.onnx is on); signature float32 (-1, 3, S, S) → float32 (-1,)
+    p(fake); a one-zero-image input example; `metadata` = the directory's meta.json updated with `metadata`, and
+    onnx.json under "onnx". Returns {run_id, model_uri, model_id, name, version, registered_model_uri}; version and
     registered_model_uri are None without `registered_model_name`.
     """
     mlflow = _mlflow()
@@ -487,16 +488,27 @@ def log_model(model_dir: str | Path, *, name: str = "model", registered_model_na
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
     requirements = [f"defakenet=={__version__}", f"mlflow=={mlflow.__version__}",
                     f"torch=={torch.__version__.split('+')[0]}"]
+    from defakenet.export import EXPORT_FILE, RUNTIME_FILES, export_model
+
     with tempfile.TemporaryDirectory(prefix="defakenet-pyfunc-") as tmp:
-        # exactly the three model files (a checkpoint folder also holds optimizer state), under a fixed name
+        # exactly the model files (a checkpoint folder also holds optimizer state), under a fixed name: the weights,
+        # config and meta, and the ONNX graphs when the directory has them
         staged = Path(tmp) / MODEL_ARTIFACT
         staged.mkdir()
-        for f in (WEIGHTS_FILE, CONFIG_FILE):
+        extras = [f for f in (*RUNTIME_FILES.values(), EXPORT_FILE) if (model_dir / f).is_file()]
+        for f in (WEIGHTS_FILE, CONFIG_FILE, *extras):
             try:
+                if f == EXPORT_FILE:  # rewritten in place by an export below: never a link to the source's
+                    raise OSError
                 os.link(model_dir / f, staged / f)
             except OSError:
                 shutil.copy2(model_dir / f, staged / f)
         (staged / META_FILE).write_text(json.dumps(meta, indent=2))  # with `metadata` merged in
+        if RUNTIME_FILES["onnx"] not in extras and Config.from_dict(
+                json.loads((model_dir / CONFIG_FILE).read_text())).export.onnx:
+            export_model(staged, log=lambda _: None)  # a version carries its ONNX graph (export.onnx)
+        if (staged / EXPORT_FILE).is_file():  # the MLflow model's metadata says which graphs it carries
+            meta["onnx"] = json.loads((staged / EXPORT_FILE).read_text())
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(PYFUNC_CODE),

@@ -399,6 +399,20 @@ def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None 
         return summary
 
 
+def _export(cfg: Config, manifest, model_dir: Path, log: Callable[[str], None]) -> dict:
+    """The ONNX graphs of the final model (export.onnx, export.int8). int8 that the guard refuses, or that cannot
+    be made, leaves the fp32 graph alone: one line says why, and the run goes on."""
+    from defakenet.export import export_model
+
+    try:
+        return export_model(model_dir, int8=cfg.export.int8, manifest=manifest,
+                            max_auc_drop=cfg.export.int8_max_auc_drop,
+                            calibration_images=cfg.export.calibration_images, log=log)
+    except UserError as e:
+        log(f"onnx: {e}; the model is saved without that graph")
+        return {}
+
+
 def finish(cfg: Config, manifest, best_dir: Path, out: Path, *, tracker=None,
            log: Callable[[str], None] = print) -> dict:
     """Best checkpoint → threshold on valid → test report → model directory → MLflow model (+ registry)."""
@@ -428,6 +442,8 @@ def finish(cfg: Config, manifest, best_dir: Path, out: Path, *, tracker=None,
             "test_metrics": summary.get("test", {})}
     model_dir = save_model(out / "model", best.model, cfg, meta)
     summary["model_dir"] = str(model_dir)
+    if cfg.export.onnx or cfg.export.int8:
+        summary["onnx"] = _export(cfg, manifest, model_dir, log)
     if tracker is not None:
         # best_val_*: the best epoch on valid at the chosen threshold (val_* are the per-epoch curves)
         final = {f"best_val_{k}": v for k, v in val_metrics.items() if isinstance(v, (int, float))}

@@ -99,7 +99,7 @@ def _post(url: str, data: bytes, ctype: str | None = "image/png", **kw) -> reque
 
 def test_health_and_model_info(served):
     r = requests.get(f"{served['url']}/healthz", timeout=30)
-    assert r.status_code == 200 and r.json()["model"] == {"name": served["name"], "version": 1}
+    assert r.status_code == 200 and r.json()["model"] == {"name": served["name"], "version": 1, "runtime": "torch"}
     info = requests.get(f"{served['url']}/v1/model", timeout=30).json()
     assert info["name"] == served["name"] and info["version"] == 1 and info["alias"] == "champion"
     assert info["input_size"] == SIZE and info["preprocessing"]["mode"] == "tf"
@@ -118,8 +118,35 @@ def test_scores_equal_offline_scores(served):
         body = r.json()
         assert abs(body["p_fake"] - p) < 1e-5
         assert body["label"] == ("fake" if p >= 0.5 else "real") and body["threshold"] == 0.5
-        assert body["model"] == {"name": served["name"], "version": 1}
+        assert body["model"] == {"name": served["name"], "version": 1, "runtime": "torch"}
         assert r.headers["x-request-id"]
+
+
+def test_onnx_runtime_replica_answers_as_torch(served):
+    """A registered version carries its ONNX graph (logged with it); an app with runtime onnx serves it, names the
+    runtime in every answer and in /v1/model, and agrees with the torch replica to 1e-4."""
+    from ray import serve
+
+    from defakenet.export import PARITY_TOL
+    from defakenet.serve import ServeArgs, make_app
+
+    args = ServeArgs(model=f"models:/{served['name']}/1", tracking_uri=served["uri"], runtime="onnx",
+                     poll_interval_s=0, auth_token_env="")
+    serve.run(make_app(args), name="onnx", route_prefix="/onnx")
+    try:
+        url = f"{served['url']}/onnx"
+        info = requests.get(f"{url}/v1/model", timeout=30).json()
+        assert info["runtime"]["name"] == "onnx" and info["runtime"]["device"] == "CPUExecutionProvider"
+        assert info["runtime"]["graph"]["opset"] == 17 and info["runtime"]["graph"]["parity_max_abs_p_fake"] <= PARITY_TOL
+        blobs = [_bytes(_image(30 + i), "PNG") for i in range(3)]
+        want = _offline(served["dirs"][1], blobs)
+        for blob, p in zip(blobs, want):
+            a = _post(url, blob).json()
+            b = _post(served["url"], blob).json()
+            assert a["model"] == {"name": served["name"], "version": 1, "runtime": "onnx"}
+            assert abs(a["p_fake"] - p) <= PARITY_TOL and abs(a["p_fake"] - b["p_fake"]) <= PARITY_TOL
+    finally:
+        serve.delete("onnx")
 
 
 def test_multipart_batch(served):
@@ -256,7 +283,7 @@ def test_one_image_gets_one_p_fake_from_every_path(served, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", str(img), "--model", model_uri, "--tracking-uri", served["uri"], "--json"]) == 0
     (offline,) = json.loads(own_output(capsys.readouterr().out))
-    assert offline["model"] == {"name": served["name"], "version": 1} and offline["path"] == str(img)
+    assert offline["model"] == {"name": served["name"], "version": 1, "runtime": "torch"} and offline["path"] == str(img)
     mlflow.set_tracking_uri(served["uri"])
     pre = load_model(served["dirs"][1]).preprocess()
     pyfunc_p = float(mlflow.pyfunc.load_model(model_uri, dst_path=str(tmp_path)).predict(
@@ -286,7 +313,7 @@ def test_explain_heatmap_has_the_image_size_and_endpoint_and_cli_agree(served, t
     overlay = _png_array(base64.b64decode(body["overlay_png"]))
     assert heat.shape == (56, 64) and overlay.shape == (56, 64, 3)
     assert heat.max() >= 240 and heat.min() == 0 and heat.std() > 10  # scaled to its peak (resampled), not constant
-    assert body["model"] == {"name": served["name"], "version": 1} and body["label"] in ("real", "fake")
+    assert body["model"] == {"name": served["name"], "version": 1, "runtime": "torch"} and body["label"] in ("real", "fake")
     png = requests.post(f"{served['url']}/v1/explain?format=png", data=blob, headers={"Content-Type": "image/png"},
                         timeout=120)
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
