@@ -10,8 +10,8 @@ from mlflow_server import free_port
 
 
 @contextmanager
-def serve_app(args) -> Iterator[str]:
-    """Run `make_app(args)` under Ray Serve; yields the base URL; shuts Serve down afterwards."""
+def serve_app(args, env_vars: dict[str, str] | None = None) -> Iterator[str]:
+    """Run `make_app(args, env_vars)` under Ray Serve; yields the base URL; shuts Serve down afterwards."""
     from ray import serve
 
     from defakenet.serve import make_app
@@ -19,7 +19,7 @@ def serve_app(args) -> Iterator[str]:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(make_app(args), name="defakenet", route_prefix="/")
+        serve.run(make_app(args, env_vars), name="defakenet", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
