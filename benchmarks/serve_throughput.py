@@ -1,14 +1,19 @@
-"""Serving throughput: the Ray Serve endpoint under fixed concurrency vs the raw model's batched forward, and the
-same endpoint with batching off, measured in one run on one machine.
+"""Serving throughput: the Ray Serve endpoint under fixed concurrency vs the raw model's batched forward, per
+inference runtime, and the same endpoint with batching off, measured in one run on one machine.
 
-Three numbers, same model (a random-init DeFakeNet saved as a model directory), same JPEG images:
-- raw: images/s of `inference.Predictor.score_images` (preprocess + forward) in this process, batches of --batch-size;
+Same model (a random-init DeFakeNet saved as a model directory, with its ONNX graphs), same JPEG images; for each
+of --runtime (torch, onnx, onnx-int8):
+- raw: images/s of `inference.Predictor.score_images` (preprocess + forward) in this process, batches of --batch-size,
+  on --replica-cpus threads;
 - served: requests/s (one image each) of POST /v1/predict from --concurrency client threads over loopback HTTP,
-  with p50/p99 latency, `@serve.batch` on (max batch --batch-size);
-- unbatched: the same endpoint redeployed with max_batch_size 1.
-Prints served/raw and batched/unbatched and writes JSON.
+  with p50/p99 latency, `@serve.batch` on (max batch --batch-size), and the replica's RSS after the load;
+and once, for the first runtime, unbatched: the endpoint redeployed with max_batch_size 1.
+Prints served/raw per runtime, each runtime over torch, batched/unbatched, and writes JSON. The int8 graph is
+calibrated on the benchmark's own images (speed does not depend on it; benchmarks/runtimes.py measures its
+quality on real faces).
 
-    python benchmarks/serve_throughput.py                          # 64 px, concurrency 16, 400 requests
+    python benchmarks/serve_throughput.py                          # 64 px, torch, concurrency 16, 400 requests
+    python benchmarks/serve_throughput.py --image-size 224 --runtime torch,onnx,onnx-int8 --replica-cpus 2
     python benchmarks/serve_throughput.py --ingress high-throughput   # as `defakenet serve --high-throughput`
     python benchmarks/serve_throughput.py --image-size 224 --requests 1000 --gpu
 
@@ -50,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=30.0, help="@serve.batch wait timeout (default: serve's)")
     p.add_argument("--gpu", action="store_true")
+    p.add_argument("--runtime", default="torch", help="comma-separated runtimes to measure, of torch, onnx, onnx-int8 "
+                                                      "(default torch)")
     p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica (torch threads follow)")
     p.add_argument("--ingress", choices=INGRESS, default="proxy",
                    help="what the load goes through: Ray Serve's Python HTTP proxy (the default); Serve's "
@@ -74,24 +81,34 @@ def _images(n: int, size: int) -> list[bytes]:
     return out
 
 
-def raw_images_per_s(model_dir: Path, images: list[bytes], batch: int, gpu: bool, threads: int,
+def raw_images_per_s(model_dir: Path, images: list[bytes], batch: int, gpu: bool, threads: int, runtime: str,
                      seconds: float = 10.0) -> float:
-    """Decode once, then preprocess + forward in batches for about `seconds` on `threads` torch threads (what a
-    replica of that many CPUs gets): the ceiling for serving."""
+    """Decode once, then preprocess + forward in batches for about `seconds` on `threads` threads (what a replica
+    of that many CPUs gets): the ceiling for serving with `runtime`."""
     import torch
 
     from defakenet.data.image import decode_rgb
-    from defakenet.serve import ServeArgs, load
+    from defakenet.inference import Predictor
 
-    m = load(ServeArgs(model=str(model_dir), use_gpu=gpu, poll_interval_s=0))
-    rgb = [decode_rgb(b, name="bench") for b in images[:batch]]
     torch.set_num_threads(threads)
-    m.predictor.score_images(rgb)  # warm-up
+    m = Predictor.from_dir(model_dir, runtime=runtime, use_gpu=gpu, threads=threads)
+    rgb = [decode_rgb(b, name="bench") for b in images[:batch]]
+    m.score_images(rgb)  # warm-up
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        m.predictor.score_images(rgb)
+        m.score_images(rgb)
         n += len(rgb)
     return n / (time.perf_counter() - start)
+
+
+def replica_rss_mb() -> float:
+    """RSS of the bench app's (one) replica process."""
+    import psutil
+    from ray.util.state import list_actors
+
+    pids = [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+            if a.class_name and "bench" in a.class_name and "Detector" in a.class_name]
+    return sum(psutil.Process(pid).memory_info().rss for pid in pids) / 2**20
 
 
 def _split(url: str) -> tuple[str, int, str]:
@@ -155,13 +172,14 @@ def _replica_port(first: int) -> int:
     raise RuntimeError(f"direct ingress: no replica answers on ports {first}-{first + 49}")
 
 
-def serve_and_measure(model_dir: Path, images: list[bytes], args, max_batch: int, port: int) -> dict:
+def serve_and_measure(model_dir: Path, images: list[bytes], args, max_batch: int, port: int,
+                      runtime: str = "torch") -> dict:
     from ray import serve
 
     from defakenet.serve import ServeArgs, make_app
 
     sargs = ServeArgs(model=str(model_dir), max_batch_size=max_batch, max_ongoing_requests=max(32, 2 * max_batch),
-                      batch_wait_timeout_s=args.batch_wait_ms / 1000,
+                      batch_wait_timeout_s=args.batch_wait_ms / 1000, runtime=runtime,
                       poll_interval_s=0, use_gpu=args.gpu, num_cpus=args.replica_cpus)
     serve.run(make_app(sargs), name="bench", route_prefix="/")
     if args.ingress == "direct":
@@ -172,6 +190,10 @@ def serve_and_measure(model_dir: Path, images: list[bytes], args, max_batch: int
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=30) as r:
         sizes = {int(k): v for k, v in json.load(r)["batching"]["batch_sizes"].items()}
     result["mean_batch_size"] = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
+    try:
+        result["replica_rss_mb"] = replica_rss_mb()
+    except Exception as e:  # noqa: BLE001 - the state API is a nice-to-have here, not the measurement
+        print(f"replica RSS: not measured ({e})", file=sys.stderr)
     serve.delete("bench")
     return result
 
@@ -190,13 +212,32 @@ def main(argv=None) -> int:
     from defakenet.config import Config
     from defakenet.model import DeFakeNet
 
+    from defakenet.export import RUNTIMES, export_model, int8_from_splits, onnx_scores
+
+    runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
+    if not runtimes or any(r not in RUNTIMES for r in runtimes):
+        print(f"--runtime {args.runtime}: expected a comma-separated list of {', '.join(RUNTIMES)}", file=sys.stderr)
+        return 2
     images = _images(64, args.image_size)
+    raw, served = {}, {}
+    threads = max(1, int(args.replica_cpus))
     with tempfile.TemporaryDirectory(prefix="defakenet-bench-") as tmp:
         cfg = Config().replace(**{"data.image_size": args.image_size})
         torch.manual_seed(0)
         model_dir = save_model(Path(tmp) / "model", DeFakeNet(), cfg, {"threshold": 0.5})
-        raw = raw_images_per_s(model_dir, images, args.batch_size, args.gpu, max(1, int(args.replica_cpus)))
-        print(f"raw batched forward (batch {args.batch_size}): {raw:.1f} img/s", flush=True)
+        if set(runtimes) - {"torch"}:
+            export_model(model_dir)
+        if "onnx-int8" in runtimes:
+            from defakenet.artifact import load_model
+            from defakenet.data.image import decode_rgb
+
+            saved = load_model(model_dir)
+            x = np.stack([saved.preprocess()(decode_rgb(b, name="bench")) for b in images])
+            int8_from_splits(model_dir, onnx_scores, x, x, np.arange(len(x)) % 2, max_drop=1.0)
+        for r in runtimes:
+            raw[r] = raw_images_per_s(model_dir, images, args.batch_size, args.gpu, threads, r)
+            print(f"{r}: raw batched forward (batch {args.batch_size}, {threads} threads): {raw[r]:.1f} img/s",
+                  flush=True)
 
         from defakenet.serve import free_port, high_throughput_env
 
@@ -208,29 +249,41 @@ def main(argv=None) -> int:
                                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 50)})
         elif args.ingress == "high-throughput":  # HAProxy listens on proxy_port, forwards to the replicas' ports
             os.environ.update(high_throughput_env())
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(), log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
-        batched = serve_and_measure(model_dir, images, args, args.batch_size, port)
-        print(f"served, batching on (max {args.batch_size}): {batched['requests_per_s']:.1f} req/s  "
-              f"p50 {batched['p50_ms']:.0f} ms  p99 {batched['p99_ms']:.0f} ms  errors {batched['errors']}  "
-              f"mean batch {batched['mean_batch_size']:.1f}", flush=True)
-        single = serve_and_measure(model_dir, images, args, 1, port)
-        print(f"served, batching off:              {single['requests_per_s']:.1f} req/s  "
+        for r in runtimes:
+            b = served[r] = serve_and_measure(model_dir, images, args, args.batch_size, port, r)
+            print(f"{r}: served, batching on (max {args.batch_size}): {b['requests_per_s']:.1f} req/s  "
+                  f"p50 {b['p50_ms']:.0f} ms  p99 {b['p99_ms']:.0f} ms  errors {b['errors']}  "
+                  f"mean batch {b['mean_batch_size']:.1f}  replica RSS {b.get('replica_rss_mb', float('nan')):.0f} MB  "
+                  f"served/raw {b['requests_per_s'] / raw[r]:.2f}", flush=True)
+        single = serve_and_measure(model_dir, images, args, 1, port, runtimes[0])
+        print(f"{runtimes[0]}: served, batching off: {single['requests_per_s']:.1f} req/s  "
               f"p50 {single['p50_ms']:.0f} ms  p99 {single['p99_ms']:.0f} ms  errors {single['errors']}", flush=True)
         serve.shutdown()
         ray.shutdown()
         if args.ingress == "high-throughput":
             shutil.rmtree(os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
 
+    first = runtimes[0]
     result = {"image_size": args.image_size, "concurrency": args.concurrency, "batch_size": args.batch_size,
-              "batch_wait_ms": args.batch_wait_ms, "ingress": args.ingress,
-              "replica_cpus": args.replica_cpus,
-              "gpu": args.gpu, "raw_images_per_s": raw, "served_batched": batched, "served_unbatched": single,
-              "served_over_raw": batched["requests_per_s"] / raw,
-              "batched_over_unbatched": batched["requests_per_s"] / single["requests_per_s"],
+              "batch_wait_ms": args.batch_wait_ms, "ingress": args.ingress, "runtimes": runtimes,
+              "replica_cpus": args.replica_cpus, "gpu": args.gpu,
+              "raw_images_per_s": raw[first], "served_batched": served[first], "served_unbatched": single,
+              "served_over_raw": served[first]["requests_per_s"] / raw[first],
+              "batched_over_unbatched": served[first]["requests_per_s"] / single["requests_per_s"],
+              "per_runtime": {r: {"raw_images_per_s": raw[r], "served": served[r],
+                                  "served_over_raw": served[r]["requests_per_s"] / raw[r]} for r in runtimes},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                           "ray": ray.__version__}}
-    print(f"served/raw {result['served_over_raw']:.2f}   batching on/off {result['batched_over_unbatched']:.2f}")
+    if "torch" in runtimes:
+        for r in runtimes:
+            result["per_runtime"][r]["raw_over_torch"] = raw[r] / raw["torch"]
+            result["per_runtime"][r]["served_over_torch"] = (served[r]["requests_per_s"]
+                                                             / served["torch"]["requests_per_s"])
+        print("   ".join(f"{r}/torch raw {raw[r] / raw['torch']:.2f} served "
+                         f"{result['per_runtime'][r]['served_over_torch']:.2f}" for r in runtimes if r != "torch"))
+    print(f"served/raw ({first}) {result['served_over_raw']:.2f}   batching on/off {result['batched_over_unbatched']:.2f}")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
