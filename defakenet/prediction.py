@@ -81,7 +81,6 @@ class _PredictActor:
 
         from defakenet.artifact import load_model_files
         from defakenet.inference import Predictor
-
         from defakenet.runtime import assigned_cpus
 
         runtime = meta.get("runtime", "torch")

@@ -71,6 +71,19 @@ def _rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+def _post(conn: http.client.HTTPConnection, port: int, body: bytes, ctype: str):
+    """(status, the connection to go on with) of one POST /v1/predict on a keep-alive connection; a broken
+    connection is a status string and a new connection."""
+    try:
+        conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": ctype})
+        r = conn.getresponse()
+        r.read()
+        return r.status, conn
+    except (OSError, http.client.HTTPException) as e:
+        conn.close()
+        return f"connection: {type(e).__name__}", http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+
 def _slow_client(port: int, body: bytes) -> int:
     """A client that sends its upload in 8 pieces, 50 ms apart: it still gets its answer."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -140,15 +153,7 @@ def test_ten_thousand_requests_a_tenth_of_them_bad_no_5xx_no_restart_flat_memory
                 ctype, body = ("image/png", goods[i % 16]) if i % 2 else ("image/jpeg", goods[16 + i % 16])
             else:
                 kind, ctype, body, want = BAD[(i // BAD_EVERY) % len(BAD)]
-            try:
-                conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": ctype})
-                r = conn.getresponse()
-                r.read()
-                status = r.status
-            except (OSError, http.client.HTTPException) as e:
-                status = f"connection: {type(e).__name__}"
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            status, conn = _post(conn, port, body, ctype)
             with lock:
                 statuses[status] += 1
                 if status != want:
@@ -214,15 +219,7 @@ def test_killing_the_serve_controller_does_not_stop_serving(endpoint):
                 return
             if i == 200:
                 killed.set()
-            try:
-                conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": "image/png"})
-                r = conn.getresponse()
-                r.read()
-                status = r.status
-            except (OSError, http.client.HTTPException) as e:
-                status = f"connection: {type(e).__name__}"
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            status, conn = _post(conn, port, body, "image/png")
             with lock:
                 statuses[status] += 1
 
