@@ -199,19 +199,19 @@ def cmd_export(args: argparse.Namespace) -> int:
                         "kept only if its test ROC-AUC stays within --max-auc-drop of fp32's")
     uri = args.model
     tracking_uri = _registry_uri(args) if uri.startswith(("models:/", "runs:/")) else None
+    manifest = None
     with tempfile.TemporaryDirectory(prefix="defakenet-export-") as tmp:
         src = tracking.resolve_model(uri, Path(tmp) / "model", tracking_uri=tracking_uri)
+        cfg = load_model(src).config
+        if args.data:  # read (and refused) before anything is written to --output
+            from defakenet.data.layouts import read_manifest
+
+            manifest = read_manifest(args.data, ratios=cfg.data.split, seed=cfg.data.split_seed)
         out.mkdir(parents=True, exist_ok=True)
         for f in (WEIGHTS_FILE, CONFIG_FILE, META_FILE):
             shutil.copy2(src / f, out / f)
     for f in (*RUNTIME_FILES.values(), EXPORT_FILE):  # --force over an earlier export: nothing stale stays
         (out / f).unlink(missing_ok=True)
-    cfg = load_model(out).config
-    manifest = None
-    if args.data:
-        from defakenet.data.layouts import read_manifest
-
-        manifest = read_manifest(args.data, ratios=cfg.data.split, seed=cfg.data.split_seed)
     max_drop = cfg.export.int8_max_auc_drop if args.max_auc_drop is None else args.max_auc_drop
     calibration = cfg.export.calibration_images if args.calibration_images is None else args.calibration_images
     facts = export_model(out, int8=args.format == "onnx-int8", manifest=manifest, max_auc_drop=max_drop,

@@ -154,11 +154,13 @@ def test_the_guard_refuses_int8_that_loses_too_much(model_dir, synth_small, tmp_
 @pytest.mark.parametrize("argv, message", [
     (["--format", "onnx-int8"], "--format onnx-int8 needs --data ROOT"),
     (["--format", "onnx", "--model", "/no/such/model"], "does not exist"),
+    (["--format", "onnx-int8", "--data", "/no/such/data"], "/no/such/data"),
 ])
 def test_export_refuses_bad_arguments(model_dir, tmp_path, capsys, argv, message):
     args = ["export", "--model", str(model_dir), "-o", str(tmp_path / "out"), *argv]
     code, _, err = _cli(capsys, *args)
     assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing written for a refused command
 
 
 def test_export_keeps_a_non_empty_output(model_dir, tmp_path, capsys):
