@@ -104,9 +104,11 @@ def raw_images_per_s(model_dir: Path, images: list[bytes], batch: int, gpu: bool
 def replica_rss_mb() -> float:
     """RSS of the bench app's (one) replica process."""
     import psutil
+    import ray
     from ray.util.state import list_actors
 
-    pids = [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], limit=1000)
+    pids = [a.pid for a in actors
             if a.class_name and "bench" in a.class_name and "Detector" in a.class_name]
     return sum(psutil.Process(pid).memory_info().rss for pid in pids) / 2**20
 

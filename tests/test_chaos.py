@@ -57,11 +57,18 @@ BAD = [
 ]
 
 
-def _replica(app: str = "defakenet"):
+def _alive(class_name: str) -> list:
+    """The live actors of a class, from the state API of this session's Ray instance (named by its address: with
+    no address the API looks for "the" local instance and fails when a machine runs two)."""
+    import ray
     from ray.util.state import list_actors
 
-    (a,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-            if a.class_name == f"ServeReplica:{app}:Detector"]
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], limit=1000)
+    return [a for a in actors if a.class_name == class_name]
+
+
+def _replica(app: str = "defakenet"):
+    (a,) = _alive(f"ServeReplica:{app}:Detector")
     return a
 
 
@@ -195,11 +202,8 @@ def test_killing_the_serve_controller_does_not_stop_serving(endpoint):
     import os
     import signal
 
-    from ray.util.state import list_actors
-
     def controller():
-        (c,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-                if a.class_name == "ServeController"]
+        (c,) = _alive("ServeController")
         return c
 
     port = int(endpoint.rsplit(":", 1)[1])
