@@ -133,10 +133,9 @@ class Predictor:
     def __init__(self, saved: SavedModel, *, use_gpu: bool = False, batch_size: int = 0,
                  detector_threads: int = 1, name: str = "model", version: int | None = None,
                  alias: str | None = None, runtime: str = "torch", threads: int = 0):
-        from defakenet.export import RUNTIMES
+        from defakenet.export import runtime_file
 
-        if runtime not in RUNTIMES:
-            raise DataError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        runtime_file(runtime)  # UserError naming the choices for an unknown runtime
         self.saved = saved
         # which model answers: the registered name and version (an alias URI: the version it pointed at)
         self.name, self.version, self.alias = name, version, alias
@@ -177,6 +176,13 @@ class Predictor:
         if isinstance(self.model, OnnxModel):
             return self.model.provider
         return self.placement.device.type
+
+    @property
+    def graph(self) -> dict | None:
+        """The export facts (onnx.json) of the graph this runtime runs; None for torch."""
+        if self.runtime == "torch":
+            return None
+        return self.saved.exported.get("int8" if self.runtime == "onnx-int8" else "onnx")
 
     @property
     def config(self):

@@ -427,9 +427,7 @@ class Detector:
         m = self.current
         pre = m.meta.get("preprocessing", {})
         return {"name": m.name, "version": m.version, "alias": m.alias, "uri": self.args.model,
-                "runtime": {"name": m.runtime, "device": m.device,
-                            "graph": m.saved.exported.get("int8" if m.runtime == "onnx-int8" else "onnx")
-                            if m.runtime != "torch" else None},
+                "runtime": {"name": m.runtime, "device": m.device, "graph": m.graph},
                 "input_size": pre.get("input_size", pre.get("image_size")), "preprocessing": pre, "threshold": m.threshold,
                 "test_metrics": m.meta.get("test_metrics", {}),
                 "faces": {"policy": m.faces, "margin": m.config.data.face_margin,
