@@ -1,7 +1,10 @@
 """Ray Serve endpoint: the registry's champion behind an HTTP API, with dynamic batching, following the alias.
 
-    client ─▶ proxy ─▶ Detector replica (FastAPI ingress)
-                         │ read body (size cap) → sniff format → decode_rgb (EXIF, modes, pixel cap)
+    client ─▶ proxy ─▶ Ingress replica (FastAPI)
+                         │ auth; read body (size cap) → sniff format → decode_rgb (EXIF, modes, pixel cap)
+                         │ request logs and metrics; a model call whose replica died is sent again (retry_s)
+                         ▼ DeploymentHandle
+                       Detector replica (the model)
                          │ faces (data.faces crop): detect, crop each face; else the whole image
                          │ @serve.batch: inference.Predictor.score_images (the model's own preprocessing, one forward)
                          │ verdict: per face {box, detector_score, p_fake, label}, the image's label and p_fake
@@ -82,7 +85,14 @@ class ServeArgs(BaseModel):
     use_gpu: bool = Field(False, description="run replicas on GPUs (channels_last, bf16 autocast; onnx: the CUDA "
                                              "provider where onnxruntime-gpu is installed)")
     num_gpus: float = Field(1.0, gt=0, le=1, description="GPU share per replica when use_gpu (fractional ok)")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per model replica")
+    retry_s: float = Field(10.0, ge=0, description="a model call whose replica dies in flight is sent again to "
+                                                   "another for up to this long (scoring is idempotent), then 503; "
+                                                   "0: once")
+    ingress_replicas: int = Field(1, ge=1, description="replicas of the HTTP ingress (decoding, auth, retries)")
+    # 0: like Serve's own proxy, the ingress reserves no CPU, so it never keeps a model replica from being placed;
+    # it decodes uploads and waits on the model replicas
+    ingress_cpus: float = Field(0.0, ge=0, description="CPUs reserved per ingress replica")
     min_replicas: int = Field(1, ge=0, description="autoscaling lower bound")
     max_replicas: int = Field(1, ge=1, description="autoscaling upper bound; equal to min: a fixed count")
     target_ongoing_requests: float = Field(8.0, gt=0, description="autoscaling target per replica")
@@ -107,6 +117,11 @@ class ServeArgs(BaseModel):
     @property
     def ongoing(self) -> int:
         return self.max_ongoing_requests or 2 * self.max_batch_size
+
+    @property
+    def ingress_ongoing(self) -> int:
+        """Requests per ingress replica: as many as every model replica at its most can hold, twice over."""
+        return 2 * self.ongoing * self.max_replicas
 
 
 class HTTPError(Exception):
@@ -207,33 +222,33 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-# ---- the deployment
+# ---- the deployments: Detector (the model replicas) behind Ingress (HTTP)
 
 app = FastAPI(title="defakenet", description="Real-vs-fake face classifier (DeFakeNet) served from the MLflow "
                                              "registry. POST an image to /v1/predict.")
 
+# what a handle call raises when the replica it went to died or cannot be reached: the call did not answer, and
+# scoring is idempotent, so the ingress sends it again (the router has dropped the dead replica, or will)
+def _retried() -> tuple[type[BaseException], ...]:
+    from ray.exceptions import RayActorError  # ActorDiedError, ActorUnavailableError
+    from ray.serve.exceptions import ReplicaUnavailableError
+
+    return RayActorError, ReplicaUnavailableError
+
 
 @serve.deployment
-@serve.ingress(app)
 class Detector:
-    """One replica: the current model, a batched forward, and a thread that follows the alias."""
+    """One model replica: the current model, a batched forward, and a thread that follows the alias. Ingress
+    calls it through a DeploymentHandle with decoded images; it knows nothing of HTTP."""
 
     def __init__(self, args: ServeArgs):
-        from PIL import Image
-        from ray.serve.metrics import Counter, Histogram
+        from ray.serve.metrics import Histogram
 
-        # this process is ours: a decompression-bomb warning is an error here
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
         self.args = args
-        self.token = os.environ.get(args.auth_token_env, "") if args.auth_token_env else ""
         self.current: Predictor = load(args)
         self.batch_sizes: dict[int, int] = {}
         self.score.set_max_batch_size(args.max_batch_size)
         self.score.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
-        self.requests = Counter("defakenet_requests", "requests (per image when served) by outcome and label",
-                                tag_keys=("outcome", "label"))
-        self.latency = Histogram("defakenet_request_latency_ms", "request latency in milliseconds",
-                                 boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000])
         self.batch_hist = Histogram("defakenet_batch_size", "images per forward pass",
                                     boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
         self.stop = threading.Event()
@@ -274,18 +289,101 @@ class Detector:
         scores = m.score_images(images)
         return [(float(s), m) for s in scores]
 
-    async def answer(self, image: np.ndarray, name: str, reject: bool = True) -> tuple[dict, Predictor]:
+    @staticmethod
+    def _facts(m: Predictor) -> dict:
+        """What Ingress needs of the model that answered: the version it logs, the threshold and label it shows."""
+        return {"identity": m.identity, "version": m.version, "threshold": m.threshold, "label": model_label(m)}
+
+    async def answer(self, image: np.ndarray) -> dict:
         """One image's verdict: its regions (the whole image, or its faces when the model crops faces) scored in
-        the shared batches; the model that scored them gives the threshold and the version named."""
+        the shared batches; the model that scored them gives the threshold and the version named. No face: the
+        verdict's p_fake is None (Ingress applies no_face)."""
         cur = self.current
         faces, regions = (await asyncio.to_thread(cur.regions, image) if cur.faces != "off"
                           else ([], [image]))
-        if not regions and reject and self.args.no_face == "reject":
-            raise HTTPError(422, f"{name}: no face found (the model scores faces: data.faces crop)")
         answers = await asyncio.gather(*(self.score(r) for r in regions))
         m = answers[0][1] if answers else cur
         verdict = m.verdict(faces, [p for p, _ in answers])
-        return {**verdict, "model": m.identity}, m
+        return {"verdict": {**verdict, "model": m.identity}, **self._facts(m)}
+
+    async def explain(self, image: np.ndarray) -> dict:
+        """One image's verdict and Grad-CAM: the overlay PNG and the JSON body of /v1/explain."""
+        from defakenet.explain import explain, overlay, png_bytes, to_json
+
+        m = self.current
+        # on the event loop, between batches: Grad-CAM hooks the model's last stage, which a forward running
+        # at the same time in another thread would trip
+        (ex,) = explain(m, [image])
+        png = await asyncio.to_thread(lambda: png_bytes(overlay(image, ex, model_label(m))))
+        return {"verdict": ex.verdict, "png": png, "json": {**to_json(ex, png), "model": m.identity},
+                **self._facts(m)}
+
+    def info(self) -> dict:
+        """GET /v1/model's facts of this replica's model (and its batches so far)."""
+        m = self.current
+        pre = m.meta.get("preprocessing", {})
+        return {"name": m.name, "version": m.version, "alias": m.alias, "uri": self.args.model,
+                "runtime": {"name": m.runtime, "device": m.device, "graph": m.graph},
+                "input_size": pre.get("input_size", pre.get("image_size")), "preprocessing": pre,
+                "threshold": m.threshold, "test_metrics": m.meta.get("test_metrics", {}),
+                "faces": {"policy": m.faces, "margin": m.config.data.face_margin,
+                          "aggregate": m.config.data.face_aggregate, "no_face": self.args.no_face},
+                "batching": {"max_batch_size": self.args.max_batch_size,
+                             "batch_wait_timeout_s": self.args.batch_wait_timeout_s,
+                             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}}
+
+    def identity(self) -> dict:
+        return self.current.identity
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    """The HTTP side: auth, body limits, decoding and validation, the JSON envelope, request logs and metrics.
+    Images go to the Detector replicas through a DeploymentHandle; a call whose replica died in flight (SIGKILL,
+    a lost node) is sent again to another for up to ServeArgs.retry_s, so a dying replica costs latency, not
+    answers. Serve alone does not retry requests in flight to a dead replica."""
+
+    def __init__(self, model, args: ServeArgs):
+        from PIL import Image
+        from ray.serve.metrics import Counter, Histogram
+
+        # this process is ours: a decompression-bomb warning is an error here
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        self.model, self.args = model, args
+        self.token = os.environ.get(args.auth_token_env, "") if args.auth_token_env else ""
+        self.requests = Counter("defakenet_requests", "requests (per image when served) by outcome and label",
+                                tag_keys=("outcome", "label"))
+        self.retries = Counter("defakenet_retries", "model calls sent again after their replica died",
+                               tag_keys=("error",))
+        self.latency = Histogram("defakenet_request_latency_ms", "request latency in milliseconds",
+                                 boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000])
+
+    async def call(self, method: str, *call_args) -> Any:
+        """`Detector.method(*call_args)` on a model replica, sent again after a replica death until retry_s has
+        passed (backoff 50 ms doubling to 1 s); then HTTPError 503."""
+        retried = _retried()
+        deadline = time.monotonic() + self.args.retry_s
+        wait = 0.05
+        while True:
+            try:
+                return await getattr(self.model, method).remote(*call_args)
+            except retried as e:
+                left = deadline - time.monotonic()
+                logger.warning(json.dumps({"event": "model_call_retry" if left > 0 else "model_call_failed",
+                                           "method": method, "error": type(e).__name__}))
+                if left <= 0:
+                    raise HTTPError(503, f"no model replica answered within {self.args.retry_s:g} s "
+                                         f"({type(e).__name__}); retry later") from None
+                self.retries.inc(tags={"error": type(e).__name__})
+                await asyncio.sleep(min(wait, left))
+                wait = min(2 * wait, 1.0)
+
+    async def answer(self, image: np.ndarray, name: str, reject: bool = True) -> dict:
+        a = await self.call("answer", image)
+        if a["verdict"]["p_fake"] is None and reject and self.args.no_face == "reject":
+            raise HTTPError(422, f"{name}: no face found (the model scores faces: data.faces crop)")
+        return a
 
     def _check_auth(self, request: Request) -> None:
         if self.token and request.headers.get("authorization", "") != f"Bearer {self.token}":
@@ -293,8 +391,8 @@ class Detector:
 
     async def _respond(self, request: Request, event: str, work) -> Any:
         """One request's envelope: `await work(rid, log)` makes the response (and may add fields to `log`, the
-        request's JSON log line); an HTTPError becomes its status with {"error": message}; every request is
-        counted, timed and logged once, with the version that answered it."""
+        request's JSON log line, e.g. the version that answered); an HTTPError becomes its status with
+        {"error": message}; every request is counted, timed and logged once."""
         start = time.perf_counter()
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         log: dict[str, Any] = {"event": event, "request_id": rid, "status": 200}
@@ -303,11 +401,11 @@ class Detector:
         except HTTPError as e:
             log.update(status=e.status, error=e.message)
             self.requests.inc(tags={"outcome": str(e.status), "label": ""})
-            return JSONResponse({"error": e.message}, status_code=e.status, headers={"x-request-id": rid})
+            headers = {"x-request-id": rid, **({"retry-after": "5"} if e.status == 503 else {})}
+            return JSONResponse({"error": e.message}, status_code=e.status, headers=headers)
         finally:
             ms = (time.perf_counter() - start) * 1000
             self.latency.observe(ms)
-            log.setdefault("model_version", self.current.version)
             log["latency_ms"] = round(ms, 2)
             logger.info(json.dumps(log))
 
@@ -321,8 +419,8 @@ class Detector:
             log["images"] = 0
             multi, names, images = await self._images(request)
             answers = await asyncio.gather(*(self.answer(img, name) for img, name in zip(images, names)))
-            results = [r for r, _ in answers]
-            log.update(images=len(results), model_version=answers[0][1].version)
+            results = [a["verdict"] for a in answers]
+            log.update(images=len(results), model_version=answers[0]["version"])
             self._count([r["label"] for r in results])
             return JSONResponse(results if multi else results[0], headers={"x-request-id": rid})
 
@@ -345,30 +443,23 @@ class Detector:
         ?format=png the overlay PNG itself (verdict in the x-defakenet-* headers)."""
         from fastapi.responses import Response
 
-        from defakenet.explain import explain, overlay, png_bytes, to_json
-
         async def work(rid: str, log: dict):
             if format not in ("json", "png"):
                 raise HTTPError(400, f"format {format!r}: use json or png")
-            m = self.current
-            log["model_version"] = m.version
             _, names, images = await self._images(request)
             if len(images) != 1:
                 raise HTTPError(400, f"{len(images)} images: /v1/explain takes one image per request")
-            # on the event loop, between batches: Grad-CAM hooks the model's last stage, which a forward running
-            # at the same time in another thread would trip
-            (ex,) = explain(m, images)
-            if ex.verdict["p_fake"] is None and self.args.no_face == "reject":
+            ex = await self.call("explain", images[0])
+            log["model_version"] = ex["version"]
+            if ex["verdict"]["p_fake"] is None and self.args.no_face == "reject":
                 raise HTTPError(422, f"{names[0]}: no face found (the model scores faces: data.faces crop)")
-            png = await asyncio.to_thread(lambda: png_bytes(overlay(images[0], ex, model_label(m))))
-            self._count([ex.verdict["label"]])
+            self._count([ex["verdict"]["label"]])
             if format == "png":
-                p = ex.verdict["p_fake"]
-                return Response(png, media_type="image/png", headers={
-                    "x-request-id": rid, "x-defakenet-label": ex.verdict["label"],
-                    "x-defakenet-p-fake": "" if p is None else f"{p:.6f}", "x-defakenet-model": model_label(m)})
-            return JSONResponse({**to_json(ex, png), "model": m.identity},
-                                headers={"x-request-id": rid})
+                p = ex["verdict"]["p_fake"]
+                return Response(ex["png"], media_type="image/png", headers={
+                    "x-request-id": rid, "x-defakenet-label": ex["verdict"]["label"],
+                    "x-defakenet-p-fake": "" if p is None else f"{p:.6f}", "x-defakenet-model": ex["label"]})
+            return JSONResponse(ex["json"], headers={"x-request-id": rid})
 
         return await self._respond(request, "explain", work)
 
@@ -391,15 +482,15 @@ class Detector:
                                 str(e)) from None
             answers = await asyncio.gather(*(self.answer(f, f"frame {i}", reject=False)
                                              for f, i in zip(clip.frames, clip.indices)))
-            m = answers[0][1]
-            log["model_version"] = m.version
-            verdicts = [{k: v for k, v in r.items() if k != "model"} for r, _ in answers]
-            v = video_verdict(clip, verdicts, m.threshold, self.args.video_strategy)
+            m = answers[0]
+            log["model_version"] = m["version"]
+            verdicts = [{k: v for k, v in a["verdict"].items() if k != "model"} for a in answers]
+            v = video_verdict(clip, verdicts, m["threshold"], self.args.video_strategy)
             if v["p_fake"] is None and self.args.no_face == "reject":
                 raise HTTPError(422, "body: no face found in any sampled frame (the model scores faces)")
-            png = await asyncio.to_thread(timeline_png, v, model_label(m))
+            png = await asyncio.to_thread(timeline_png, v, m["label"])
             self._count([v["label"]])
-            return JSONResponse({**v, "model": m.identity,
+            return JSONResponse({**v, "model": m["identity"],
                                  "timeline_png": base64.b64encode(png).decode()}, headers={"x-request-id": rid})
 
         return await self._respond(request, "predict_video", work)
@@ -413,44 +504,40 @@ class Detector:
 
     @app.get("/healthz")
     async def healthz(self):
-        m = getattr(self, "current", None)
-        if m is None:
-            return JSONResponse({"status": "loading"}, status_code=503)
-        return {"status": "ok", "model": m.identity}
+        """ok with the model a replica serves; 503 while no model replica answers (starting, all replaced)."""
+        try:
+            identity = await asyncio.wait_for(self.call("identity"), timeout=10)
+        except (HTTPError, asyncio.TimeoutError):
+            return JSONResponse({"status": "unavailable", "error": "no model replica answered"}, status_code=503)
+        return {"status": "ok", "model": identity}
 
     @app.get("/v1/model")
     async def model_info(self, request: Request):
         try:
             self._check_auth(request)
+            return await self.call("info")
         except HTTPError as e:
             return JSONResponse({"error": e.message}, status_code=e.status)
-        m = self.current
-        pre = m.meta.get("preprocessing", {})
-        return {"name": m.name, "version": m.version, "alias": m.alias, "uri": self.args.model,
-                "runtime": {"name": m.runtime, "device": m.device, "graph": m.graph},
-                "input_size": pre.get("input_size", pre.get("image_size")), "preprocessing": pre, "threshold": m.threshold,
-                "test_metrics": m.meta.get("test_metrics", {}),
-                "faces": {"policy": m.faces, "margin": m.config.data.face_margin,
-                          "aggregate": m.config.data.face_aggregate, "no_face": self.args.no_face},
-                "batching": {"max_batch_size": self.args.max_batch_size,
-                             "batch_wait_timeout_s": self.args.batch_wait_timeout_s,
-                             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}}
 
 
 def make_app(args: ServeArgs, env_vars: dict[str, str] | None = None) -> Application:
-    """The Serve application for `args`; `env_vars` go into the replicas' environment (e.g. the auth token)."""
+    """The Serve application for `args`: Ingress in front of the Detector model replicas; `env_vars` go into both
+    deployments' environment (e.g. the auth token, the tracking URI)."""
     actor: dict[str, Any] = {"num_cpus": args.num_cpus}
+    ingress: dict[str, Any] = {"num_cpus": args.ingress_cpus}
     if args.use_gpu:
         actor["num_gpus"] = args.num_gpus
     if env_vars:
-        actor["runtime_env"] = {"env_vars": dict(env_vars)}
+        actor["runtime_env"] = ingress["runtime_env"] = {"env_vars": dict(env_vars)}
     opts: dict[str, Any] = {"ray_actor_options": actor, "max_ongoing_requests": args.ongoing}
     if args.min_replicas == args.max_replicas:
         opts["num_replicas"] = args.max_replicas
     else:
         opts["autoscaling_config"] = {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
                                       "target_ongoing_requests": args.target_ongoing_requests}
-    return Detector.options(**opts).bind(args)
+    model = Detector.options(**opts).bind(args)
+    return Ingress.options(ray_actor_options=ingress, num_replicas=args.ingress_replicas,
+                           max_ongoing_requests=args.ingress_ongoing).bind(model, args)
 
 
 def build_app(args: ServeArgs) -> Application:

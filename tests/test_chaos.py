@@ -1,6 +1,8 @@
 """Faults under load, on real processes over loopback: the endpoint under 10,000 requests of which 10 % are bad
 (every kind of input it refuses, plus slow clients and aborted uploads) answers no 5xx, restarts no replica, and its
-replica's memory stays flat over the run; with the Serve controller killed under load it keeps answering.
+replica's memory stays flat over the run; with the Serve controller killed under load it keeps answering; with one
+of two model replicas SIGKILLed under load, the ingress sends the dead replica's calls to the other, Serve replaces
+it, and no request fails.
 
 One replica of a random-init 32 px DeFakeNet (a model directory), the session's Ray instance. The replica is found
 through Ray's state API (its pid and RSS) before and after the load.
@@ -14,6 +16,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from urllib.request import urlopen
 
 import numpy as np
@@ -72,19 +75,46 @@ def _replica(app: str = "defakenet"):
     return a
 
 
+def _model(cfg_dir, seed: int = 0):
+    """A random-init one-stage DeFakeNet model directory: a forward of ~1 ms, so the load tests the serving path,
+    not the model."""
+    import torch
+
+    from defakenet.artifact import save_model
+    from defakenet.config import Config
+    from defakenet.model import DeFakeNet
+
+    cfg = Config().replace(**{"data.image_size": SIZE, "model.stages": 1})
+    torch.manual_seed(seed)
+    return save_model(cfg_dir / "model", DeFakeNet(stages=1), cfg, {"threshold": 0.5})
+
+
+def _ingress_log_events(app: str, event: str) -> int:
+    """How many JSON log lines with `event` the app's ingress replicas wrote to their Serve log files."""
+    import ray
+
+    # no public API names the session's log folder; the node object the driver holds does
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return sum(f.read_text(errors="replace").count(f'"event": "{event}"')
+               for f in logs.glob(f"replica_{app}_Ingress_*.log"))
+
+
 def _rss_mb(pid: int) -> float:
     import psutil
 
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def _post(conn: http.client.HTTPConnection, port: int, body: bytes, ctype: str):
-    """(status, the connection to go on with) of one POST /v1/predict on a keep-alive connection; a broken
-    connection is a status string and a new connection."""
+def _post(conn: http.client.HTTPConnection, port: int, body: bytes, ctype: str, path: str = "/v1/predict",
+          answers: list | None = None):
+    """(status, the connection to go on with) of one POST on a keep-alive connection; a broken connection is a
+    status string and a new connection. `answers`: the response body is appended to it."""
     try:
-        conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": ctype})
+        conn.request("POST", path, body=body, headers={"Content-Type": ctype})
         r = conn.getresponse()
-        r.read()
+        data = r.read()
+        if answers is not None:
+            answers.append(data)
         return r.status, conn
     except (OSError, http.client.HTTPException) as e:
         conn.close()
@@ -117,17 +147,9 @@ def _aborted_upload(port: int, body: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def endpoint(ray_session, tmp_path_factory):
-    import torch
-
-    from defakenet.artifact import save_model
-    from defakenet.config import Config
-    from defakenet.model import DeFakeNet
     from defakenet.serve import ServeArgs
 
-    # one stage of the backbone: a forward of ~1 ms, so the load tests the HTTP path, not the model
-    cfg = Config().replace(**{"data.image_size": SIZE, "model.stages": 1})
-    torch.manual_seed(0)
-    d = save_model(tmp_path_factory.mktemp("chaos") / "model", DeFakeNet(stages=1), cfg, {"threshold": 0.5})
+    d = _model(tmp_path_factory.mktemp("chaos"))
     args = ServeArgs(model=str(d), max_batch_size=16, max_body_bytes=MAX_BODY, poll_interval_s=0,
                      auth_token_env="")
     # the replica's two log lines per request stay in its log files: 20,000 lines through the driver cost CPU
@@ -252,3 +274,88 @@ def test_killing_the_serve_controller_does_not_stop_serving(endpoint):
     assert _replica().pid == replica.pid  # the replica was never touched
     with urlopen(f"{endpoint}/healthz", timeout=30) as r:
         assert r.status == 200
+
+
+def test_killing_a_model_replica_under_load_fails_no_request(endpoint, tmp_path):
+    """Two model replicas under 8 steady clients; SIGKILL one with calls in flight on it: the ingress sends them
+    to the other (ServeArgs.retry_s), Serve starts a replacement within 30 s, at most 0.1 % of the requests fail,
+    and every answer names the one model served."""
+    import json
+    import os
+    import signal
+
+    from ray import serve
+
+    from defakenet.serve import ServeArgs, make_app
+
+    port = int(endpoint.rsplit(":", 1)[1])
+    # batches of 8 that 8 clients over 2 replicas never fill: each call waits out the 200 ms batch wait, so every
+    # replica holds calls in flight at every instant and the kill always catches some (with a 1 ms forward and
+    # no wait it often lands between calls, and there is nothing to retry)
+    args = ServeArgs(model=str(_model(tmp_path, seed=1)), max_batch_size=8, batch_wait_timeout_s=0.2,
+                     poll_interval_s=0, auth_token_env="", min_replicas=2, max_replicas=2)
+    serve.run(make_app(args, {"RAY_SERVE_LOG_TO_STDERR": "0"}), name="kill", route_prefix="/kill")
+    try:
+        body = _png(9)
+        statuses: Counter = Counter()
+        answers: list[bytes] = []
+        lock = threading.Lock()
+        sent = iter(range(10**6))
+        stop = threading.Event()
+        half = threading.Event()
+
+        def worker():
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            mine: list[bytes] = []
+            while not stop.is_set():
+                if next(sent) == 600:
+                    half.set()
+                status, conn = _post(conn, port, body, "image/png", "/kill/v1/predict", mine)
+                with lock:
+                    statuses[status] += 1
+            conn.close()
+            with lock:
+                answers.extend(mine)
+
+        before = _alive("ServeReplica:kill:Detector")
+        assert len(before) == 2
+        threads = [threading.Thread(target=worker) for _ in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        try:
+            assert half.wait(120), "600 requests not sent in 120 s"
+            victim = before[0]
+            # request 600 starts as an answer comes back, i.e. as a batch has just emptied a replica's queue: kill
+            # half-way through the next batch wait instead, when calls are waiting on the replica
+            time.sleep(0.1)
+            os.kill(victim.pid, signal.SIGKILL)
+            t0 = time.monotonic()
+            replaced = None
+            while time.monotonic() - t0 < 60:
+                alive = _alive("ServeReplica:kill:Detector")
+                if len(alive) == 2 and victim.pid not in {a.pid for a in alive}:
+                    replaced = time.monotonic() - t0
+                    break
+                time.sleep(0.25)
+            # go on for a while with the replacement serving too
+            at = sum(statuses.values())
+            while sum(statuses.values()) < at + 600 and time.monotonic() - t0 < 120:
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        total = sum(statuses.values())
+        failed = total - statuses[200]
+        served = {json.dumps(json.loads(a)["model"], sort_keys=True) for a in answers if a.startswith(b"{\"")
+                  and "model" in json.loads(a)}
+        retries = _ingress_log_events("kill", "model_call_retry")
+        print(f"\nreplica {victim.pid} SIGKILLed after 600 of {total} requests: {dict(statuses)}, {failed} failed "
+              f"({100 * failed / total:.3f} %), {retries} calls sent again; replaced after "
+              f"{f'{replaced:.1f} s' if replaced is not None else 'more than 60 s'}; models answering: {served}")
+        assert retries >= 1  # the kill caught calls in flight: the ingress's retry is what saved them
+        assert replaced is not None and replaced <= 30, replaced
+        assert failed <= 0.001 * total, statuses
+        assert len(served) == 1, served  # never an answer from another model or version
+    finally:
+        serve.delete("kill")

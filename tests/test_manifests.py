@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.serve import Application
 
 from defakenet.cli import main
 from defakenet.serve import ServeArgs
@@ -172,8 +173,11 @@ def check_application(app: dict) -> None:
     args = ServeArgs(**app.get("args", {}))  # unknown keys are ignored by pydantic: check them by hand
     unknown = set(app.get("args", {})) - set(ServeArgs.model_fields)
     assert not unknown, f"args {sorted(unknown)} are not ServeArgs fields: {sorted(ServeArgs.model_fields)}"
-    built = builder(args)
-    names = {built._bound_deployment.name}
+    names, todo = set(), [builder(args)]
+    while todo:  # the ingress and the deployments it was bound to
+        dep = todo.pop()._bound_deployment
+        names.add(dep.name)
+        todo += [a for a in (*dep.init_args, *dep.init_kwargs.values()) if isinstance(a, Application)]
     for dep in app.get("deployments", []):
         assert dep["name"] in names, f"deployment {dep['name']} is not in the application: {sorted(names)}"
 
@@ -181,7 +185,7 @@ def check_application(app: dict) -> None:
 def test_rayservice_builds_the_defakenet_application():
     from ray.serve.schema import ServeDeploySchema
 
-    (svc_path, svc), = of_kind("RayService")
+    (_, svc), = of_kind("RayService")
     ServeDeploySchema.model_validate(yaml.safe_load(svc["spec"]["serveConfigV2"]))  # Serve's own schema
     apps = serve_applications()
     assert [a["import_path"] for _, a in apps] == ["defakenet.serve:build_app"]
