@@ -137,6 +137,9 @@ class TrackingConfig:
     register: str = _f("", "register the final model under this name; empty = train doesn't register, tune "
                            "registers as 'defakenet'")
     storage: str = _f("", "Ray Train storage_path for checkpoints: folder, NFS mount or s3:// URI; empty = HOME/ray_results")
+    wait_for_server_s: float = _f(120.0, "at the end of training, how long to wait for an MLflow server that does not "
+                                         "answer before giving up on logging the model (it stays saved in "
+                                         "HOME/runs/RUN/model)")
 
 
 @dataclass(frozen=True)
@@ -489,5 +492,7 @@ def _validate(obj: Any, prefix: str) -> None:
                           f"stages), got {obj.freeze_depth}")
     if prefix == "augment." and obj.mixup_alpha < 0:
         raise ConfigError(f"config key augment.mixup_alpha must be >= 0 (0 = off), got {obj.mixup_alpha}")
+    if prefix == "tracking." and obj.wait_for_server_s < 0:
+        raise ConfigError(f"config key tracking.wait_for_server_s must be >= 0 (0 = no wait), got {obj.wait_for_server_s}")
     if prefix == "promote." and obj.max_set_auc_drop < 0:
         raise ConfigError(f"config key promote.max_set_auc_drop must be >= 0, got {obj.max_set_auc_drop}")

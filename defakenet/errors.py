@@ -21,3 +21,8 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError, ValueError):
     """A dataset that cannot be read: missing paths, wrong layouts, empty classes, unreadable images."""
+
+
+class TrackingServerDown(UserError):
+    """The MLflow tracking server stopped answering at a point the run cannot go past; the message says what was kept
+    (a saved model folder) and how to finish the job once the server is back."""

@@ -5,7 +5,9 @@
 - Reaching a server: `check_reachable` (it answers; it accepts the credentials mlflow reads from
   `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD` or `MLFLOW_TRACKING_TOKEN`); `client_env` is what of
   those the Ray processes defakenet starts need, `use_client_env` sets them there. Any backend store the server
-  runs on (SQLite, PostgreSQL) looks the same to defakenet.
+  runs on (SQLite, PostgreSQL) looks the same to defakenet. A server that goes away: `quick_http` (mlflow's
+  requests give up in seconds, not minutes), `wait_for_server` (a bounded wait), `log_missing_metrics` (log what a
+  run lacks, each metric and step once).
 - A run: `Tracker` (rank 0 only) starts or resumes the run named `run_name`, logs the config as `section.key`
   params that `--set` accepts back, metrics, system facts as tags, artifacts and the model.
 - The model: a defakenet model directory (safetensors + JSON, see `artifact.py`) logged as an MLflow pyfunc
@@ -20,6 +22,7 @@ nothing happens when this module is imported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,13 +30,14 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from defakenet.config import Config
-from defakenet.errors import UserError, first_line
+from defakenet.errors import TrackingServerDown, UserError, first_line
 
 DEFAULT_HOME = ".defakenet"
 DB_FILE, ARTIFACTS_DIR = "mlflow.db", "mlartifacts"
@@ -131,6 +135,76 @@ def check_reachable(tracking_uri: str) -> None:
             "Start one with mlflow/start-local.sh, or point --tracking-uri / MLFLOW_TRACKING_URI elsewhere."
         ) from None
     check_credentials(tracking_uri)
+
+
+# mlflow's HTTP requests under `quick_http`: one try of at most 10 s, instead of 7 retries with backoff (minutes) of
+# 120 s each; the variables are mlflow's (mlflow.environment_variables), read at every request
+QUICK_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextlib.contextmanager
+def quick_http():
+    """Within the block, mlflow's HTTP requests in this process give up within seconds (QUICK_HTTP_ENV): for
+    calls that must not hold anything up (the epoch logger on the Train controller, ending a run whose server is
+    gone). The previous values come back afterwards."""
+    saved = {k: os.environ.get(k) for k in QUICK_HTTP_ENV}
+    os.environ.update(QUICK_HTTP_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def server_answers(tracking_uri: str, timeout_s: float = 5.0) -> bool:
+    """Whether the http(s) server at `tracking_uri` gives any HTTP answer to /health (a TLS error counts as one,
+    as in `check_reachable`); True for other tracking URIs (a SQLite file is always there)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return True
+    import requests
+
+    try:
+        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s)
+    except requests.exceptions.SSLError:
+        return True
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
+        return False
+    return True
+
+
+def wait_for_server(tracking_uri: str, timeout_s: float, *, what: str, log=print, poll_s: float = 2.0) -> bool:
+    """True as soon as the tracking server answers (`server_answers`), False if it has not within `timeout_s`.
+
+    When the first probe fails, one line says so: "mlflow: SERVER not answering; waiting up to 120 s {what}";
+    another when it answers again."""
+    if server_answers(tracking_uri):
+        return True
+    server = _redact(tracking_uri)
+    log(f"mlflow: {server} not answering; waiting up to {timeout_s:g} s {what}")
+    start = time.monotonic()
+    deadline = start + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(poll_s, left))
+        if server_answers(tracking_uri, timeout_s=max(0.5, min(5.0, deadline - time.monotonic()))):
+            log(f"mlflow: {server} answers again after {time.monotonic() - start:.0f} s")
+            return True
+    return False
+
+
+def failure_reason(e: BaseException) -> str:
+    """A few words for why an MLflow call failed: "connection refused", "timed out", else the error's first line
+    (mlflow's own messages run on: the URL, the retry policy, the urllib3 chain)."""
+    text = str(e)
+    for needle, words in (("Connection refused", "connection refused"), ("timed out", "timed out"),
+                          ("Name or service not known", "unknown host"), ("RemoteDisconnected", "connection closed"),
+                          ("Connection broken", "connection broken"), ("Connection reset", "connection reset")):
+        if needle in text:
+            return words
+    line = first_line(e, type(e).__name__)
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 # the variables mlflow's client reads to authenticate to a tracking server and to trust its TLS certificate: what a
@@ -304,9 +378,12 @@ class Tracker:
             self.end("FINISHED")
             return
         try:
-            self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
-        except Exception as e:  # the server may be what failed: keep the original error in front
-            print(f"warning: could not mark MLflow run {self.run_id} as ended: {first_line(e, 'error')}", file=sys.stderr)
+            with quick_http():  # the server may be what failed: seconds, not mlflow's minutes of retries
+                self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+        except Exception as e:  # keep the original error in front
+            if not issubclass(exc_type, TrackingServerDown):  # its message says the run was not finished
+                print(f"warning: could not mark MLflow run {self.run_id} as ended: {failure_reason(e)}",
+                      file=sys.stderr)
 
     def _id(self) -> str:
         if self.run_id is None:
@@ -352,14 +429,34 @@ def metrics_client(tracking_uri: str):
 
 def log_metrics_to(client, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
     """Log the numeric entries of `metrics` (numpy / torch scalars too; others are skipped) into `run_id`."""
-    import time
-
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
     batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if _is_number(v)]
     for i in range(0, len(batch), 1000):  # mlflow's log_batch takes at most 1000 metrics
         client.log_batch(run_id, metrics=batch[i : i + 1000])
+
+
+def log_missing_metrics(client, run_id: str, rows: list[dict[str, Any]], step_key: str = "epoch") -> list[int]:
+    """Log into `run_id` the numeric entries of `rows` (one dict of metrics per step, its step under `step_key`)
+    that the run lacks at that step, so that however often this runs, and whatever an earlier try got through
+    before it failed, each metric is logged once per step. One history request per metric name; returns the steps
+    that got any metric."""
+    from mlflow.entities import Metric
+
+    keys = sorted({k for r in rows for k, v in r.items() if k != step_key and _is_number(v)})
+    have = {k: {m.step for m in client.get_metric_history(run_id, k)} for k in keys}
+    ts = int(time.time() * 1000)
+    batch, steps = [], []
+    for r in rows:
+        step = int(r[step_key])
+        new = [Metric(k, float(v), ts, step) for k, v in r.items() if k in have and step not in have[k]]
+        if new:
+            batch += new
+            steps.append(step)
+    for i in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[i : i + 1000])
+    return steps
 
 
 def _is_number(v: Any) -> bool:

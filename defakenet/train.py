@@ -7,10 +7,16 @@
 Rerunning the same command with the same run name resumes: Ray Train V2 restores from the latest checkpoint
 under (storage_path, run name), and the MLflow run of that name continues unless it had FINISHED (a finished
 run's rerun, e.g. with more epochs, gets a new MLflow run of the same name).
+
+An MLflow server that goes away does not stop training: the epoch logger keeps what it could not log and logs it
+later, each checkpoint carries every epoch's metrics (EPOCHS_FILE) for the driver to log what the run still lacks,
+and the driver waits `tracking.wait_for_server_s` for the server before logging the model; if it does not come
+back, the model stays saved in HOME/runs/RUN/model and the run ends with one line saying how to log it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -27,7 +33,7 @@ from defakenet.artifact import load_model, save_model
 from defakenet.config import Config
 from defakenet.data.layouts import read_manifest
 from defakenet.engine import build_model, build_optimizer, build_scheduler, predict, train_one_epoch
-from defakenet.errors import DataError, UserError, first_line
+from defakenet.errors import DataError, TrackingServerDown, UserError, first_line
 from defakenet.metrics import choose_threshold, compute_metrics
 from defakenet.model import count_parameters
 from defakenet.runtime import default_home, init_ray, storage_path, training_worker_env
@@ -36,6 +42,10 @@ if TYPE_CHECKING:
     from ray.train.torch import TorchTrainer
 
 TRAIN_STATE = "train_state.pt"
+# in every checkpoint: the metrics of every epoch so far (a list of rank 0's reports, each with the MLflow run it
+# belongs to under RUN_KEY), for the driver to log what the run lacks; Ray's Result.metrics_dataframe holds only the
+# checkpoints CheckpointConfig keeps
+EPOCHS_FILE, RUN_KEY = "epochs.json", "mlflow_run_id"
 SCORE = "val_roc_auc"
 
 
@@ -112,7 +122,7 @@ def train_func_per_worker(config: dict) -> None:
 
     cfg = Config.from_dict(config["config"])
     quiet_train_loggers(cfg.train.log_level)
-    n_train = config["n_train"]
+    n_train, mlflow_run_id = config["n_train"], config.get("mlflow_run_id", "")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -122,13 +132,17 @@ def train_func_per_worker(config: dict) -> None:
     if rank == 0:
         sweep_checkpoint_dirs()
     model = build_model(cfg)
-    start_epoch, best_auc, stale, state = 1, -1.0, 0, None
+    start_epoch, best_auc, stale, state, history = 1, -1.0, 0, None, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             model.load_state_dict(load_model(d).model.state_dict())
             state = torch.load(Path(d) / TRAIN_STATE, map_location="cpu", weights_only=True)
+            if (Path(d) / EPOCHS_FILE).is_file():
+                history = json.loads((Path(d) / EPOCHS_FILE).read_text())
         start_epoch, best_auc, stale = state["epoch"] + 1, state["best_auc"], state["stale"]
+    # a resumed run that had stopped early stays stopped (a rerun after a lost MLflow server only logs the model)
+    last_epoch = start_epoch - 1 if cfg.train.patience and stale >= cfg.train.patience else cfg.train.epochs
     unfreeze_at = cfg.model.unfreeze_epoch if cfg.model.freeze_depth else 0
     if unfreeze_at and start_epoch > unfreeze_at:
         model.set_freeze_depth(0)  # resumed past the unfreeze epoch: the saved optimizer covers every layer
@@ -162,7 +176,7 @@ def train_func_per_worker(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
     run_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.train.epochs + 1):
+    for epoch in range(start_epoch, last_epoch + 1):
         t0 = time.perf_counter()
         if unfreeze_at and epoch == unfreeze_at:
             # staged unfreezing: every layer trains from here on; DDP must be rebuilt to sync the new parameters
@@ -202,6 +216,8 @@ def train_func_per_worker(config: dict) -> None:
                 torch.save({"epoch": epoch, "best_auc": best_auc, "stale": stale,
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "scaler": scaler.state_dict() if scaler is not None else {}}, Path(tmp) / TRAIN_STATE)
+                history.append({**metrics, RUN_KEY: mlflow_run_id})
+                (Path(tmp) / EPOCHS_FILE).write_text(json.dumps(history, default=float))
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
                 done = epoch - start_epoch + 1
                 eta = (time.perf_counter() - run_start) / done * (cfg.train.epochs - epoch)
@@ -242,26 +258,66 @@ def epoch_logger(tracking_uri: str, run_id: str):
     again), and a committed epoch is never trained again. The controller runs on the driver's node, where a
     SQLite tracking URI points. The MLflow credentials set where the callback is made go with it (the controller is
     a Ray actor: it has the environment of the Ray job, not of this process).
+
+    A server that does not answer never holds training up for long nor stops it: each call gives up within seconds
+    (`tracking.quick_http`), and an epoch that could not be logged is kept and logged, oldest first and each metric
+    once, at the next report. One line says when logging first fails, one when it works again; what is still
+    missing when training ends, the driver logs from the checkpoint's EPOCHS_FILE (`finish`).
     """
     from ray.train import UserCallback
 
     from defakenet import tracking
 
     client_env = tracking.client_env()
+    server = tracking._redact(tracking_uri)
 
     class EpochMetricsToMlflow(UserCallback):
         def __init__(self):
             self._client = None  # made on the controller, on first use
+            self._pending: list[dict] = []  # reports not logged yet, oldest first
+            self._failed_at = None  # the epoch whose logging failed first, while it fails
 
         def after_report(self, run_context, metrics, checkpoint):
-            if self._client is None:
-                tracking.use_client_env(client_env)
-                self._client = tracking.metrics_client(tracking_uri)
-            epoch_metrics = metrics[0]
-            tracking.log_metrics_to(self._client, run_id, {k: v for k, v in epoch_metrics.items() if k != "epoch"},
-                                    step=epoch_metrics["epoch"])
+            self._pending.append(dict(metrics[0]))
+            try:
+                with tracking.quick_http():
+                    if self._client is None:
+                        tracking.use_client_env(client_env)
+                        self._client = tracking.metrics_client(tracking_uri)
+                    if self._failed_at is None:
+                        (m,) = self._pending
+                        tracking.log_metrics_to(self._client, run_id, {k: v for k, v in m.items() if k != "epoch"},
+                                                step=m["epoch"])
+                    else:  # an earlier try may have got through before it failed
+                        tracking.log_missing_metrics(self._client, run_id, self._pending)
+            except Exception as e:  # noqa: BLE001 - whatever it is, training goes on and the epoch is kept
+                if self._failed_at is None:
+                    self._failed_at = self._pending[-1]["epoch"]
+                    print(f"mlflow: could not log epoch {self._failed_at} to {server} "
+                          f"({tracking.failure_reason(e)}); keeping it and retrying at the next epoch", flush=True)
+                return
+            if self._failed_at is not None:
+                print(f"mlflow: {server} answers again; logged epochs {self._pending[0]['epoch']}-"
+                      f"{self._pending[-1]['epoch']}, kept since epoch {self._failed_at}", flush=True)
+                self._failed_at = None
+            self._pending.clear()
 
     return EpochMetricsToMlflow()
+
+
+def epoch_history(result, run_id: str) -> list[dict]:
+    """The metrics of every epoch of a finished `trainer.fit()` that belongs to MLflow run `run_id` (through worker
+    restarts and resumes of that run; a finished run's rerun with more epochs is a new run, which gets only its own),
+    from the latest checkpoint's EPOCHS_FILE; [] without one (no checkpoint, or one written before the file existed)."""
+    ckpt = result.checkpoint
+    if ckpt is None:
+        return []
+    try:
+        with ckpt.filesystem.open_input_stream(f"{ckpt.path}/{EPOCHS_FILE}") as f:
+            rows = json.loads(f.read())
+    except (OSError, ValueError):
+        return []
+    return [{k: v for k, v in r.items() if k != RUN_KEY} for r in rows if r.get(RUN_KEY) == run_id]
 
 
 def failure_line(errors: dict, count: int, max_failures: int) -> str:
@@ -329,9 +385,10 @@ def load_run_inputs(cfg: Config, log: Callable[[str], None], prefix: str):
     return cfg, manifest
 
 
-def make_trainer(cfg: Config, manifest, *, callbacks: list) -> TorchTrainer:
+def make_trainer(cfg: Config, manifest, *, callbacks: list, mlflow_run_id: str = "") -> TorchTrainer:
     """The TorchTrainer of one training run: name cfg.tracking.run_name under storage_path(cfg), so that a rerun
-    with the same name resumes from its latest checkpoint."""
+    with the same name resumes from its latest checkpoint. `mlflow_run_id`: the MLflow run its epochs belong to
+    (in the checkpoints' EPOCHS_FILE, see `epoch_history`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -343,7 +400,7 @@ def make_trainer(cfg: Config, manifest, *, callbacks: list) -> TorchTrainer:
                         f"batch {cfg.train.batch_size}; lower train.batch_size or resources.workers")
     return TorchTrainer(
         train_func_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "n_train": len(train_rows)},
+        train_loop_config={"config": cfg.to_dict(), "n_train": len(train_rows), "mlflow_run_id": mlflow_run_id},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.resources.workers, use_gpu=cfg.resources.use_gpu,
             resources_per_worker={"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if cfg.resources.use_gpu else {})},
@@ -388,13 +445,15 @@ def fit(cfg: Config, *, log: Callable[[str], None] = print, address: str | None 
             f"of {count_parameters(model_probe):,} parameters, {cfg.resources.workers} workers "
             f"({'GPU' if cfg.resources.use_gpu else 'CPU'}); MLflow {tracking_uri} run {tracker.run_id}")
         tracker.log_system_info(_system_info(cfg, trainable))
-        trainer = make_trainer(cfg, manifest, callbacks=[epoch_logger(tracking_uri, tracker.run_id)])
+        trainer = make_trainer(cfg, manifest, callbacks=[epoch_logger(tracking_uri, tracker.run_id)],
+                               mlflow_run_id=tracker.run_id)
         result = fit_trainer(trainer)
         best = result.get_best_checkpoint(SCORE, "max")
         if best is None:
             raise RuntimeError(f"run {run_name} reported no checkpoint")
         with best.as_directory() as d:
-            summary = finish(cfg, manifest, Path(d), out, tracker=tracker, log=log)
+            summary = finish(cfg, manifest, Path(d), out, tracker=tracker, epochs=epoch_history(result, tracker.run_id),
+                             log=log)
         summary["storage"], summary["tracking_uri"] = result.path, tracking_uri
         return summary
 
@@ -413,9 +472,14 @@ def _export(cfg: Config, manifest, model_dir: Path, log: Callable[[str], None]) 
         return {}
 
 
-def finish(cfg: Config, manifest, best_dir: Path, out: Path, *, tracker=None,
+def finish(cfg: Config, manifest, best_dir: Path, out: Path, *, tracker=None, epochs: list[dict] | None = None,
            log: Callable[[str], None] = print) -> dict:
-    """Best checkpoint → threshold on valid → test report → model directory → MLflow model (+ registry)."""
+    """Best checkpoint → threshold on valid → test report → model directory → MLflow model (+ registry).
+
+    `epochs`: the per-epoch metrics the tracker's run should hold (`epoch_history`); those it lacks are logged.
+    A tracking server that does not answer gets `tracking.wait_for_server_s` to come back; after that, or when it
+    stops answering while the model is logged, TrackingServerDown says where the saved model is and how to log it.
+    """
     from defakenet.evaluate import score_rows
     from defakenet.report import write_report
 
@@ -445,13 +509,28 @@ def finish(cfg: Config, manifest, best_dir: Path, out: Path, *, tracker=None,
     if cfg.export.onnx or cfg.export.int8:
         summary["onnx"] = _export(cfg, manifest, model_dir, log)
     if tracker is not None:
-        # best_val_*: the best epoch on valid at the chosen threshold (val_* are the per-epoch curves)
-        final = {f"best_val_{k}": v for k, v in val_metrics.items() if isinstance(v, (int, float))}
-        final |= {f"test_{k}": v for k, v in summary.get("test", {}).items() if isinstance(v, (int, float))}
-        tracker.log_metrics(final)
-        if "report" in summary:
-            tracker.log_artifacts(out / "report", "report")
-        info = tracker.log_model(model_dir, registered_model_name=cfg.tracking.register or None)
+        from defakenet import tracking
+
+        uri, wait_s = tracker.tracking_uri, cfg.tracking.wait_for_server_s
+        if not tracking.wait_for_server(uri, wait_s, what="to log the model", log=log):
+            raise TrackingServerDown(_not_logged(cfg, uri, model_dir, f"did not answer within {wait_s:g} s"))
+        try:
+            if epochs:
+                filled = tracking.log_missing_metrics(tracking.client(uri), tracker.run_id, epochs)
+                if filled:
+                    log(f"mlflow: logged epoch(s) {', '.join(map(str, filled))}, which the run lacked")
+            # best_val_*: the best epoch on valid at the chosen threshold (val_* are the per-epoch curves)
+            final = {f"best_val_{k}": v for k, v in val_metrics.items() if isinstance(v, (int, float))}
+            final |= {f"test_{k}": v for k, v in summary.get("test", {}).items() if isinstance(v, (int, float))}
+            tracker.log_metrics(final)
+            if "report" in summary:
+                tracker.log_artifacts(out / "report", "report")
+            info = tracker.log_model(model_dir, registered_model_name=cfg.tracking.register or None)
+        except Exception:
+            if tracking.server_answers(uri):
+                raise
+            raise TrackingServerDown(_not_logged(cfg, uri, model_dir, "stopped answering while the model was logged")
+                                     ) from None
         summary["mlflow_run_id"], summary["model_uri"] = tracker.run_id, info["model_uri"]
         if info.get("version") is not None:
             summary["registered"] = info["registered_model_uri"]
@@ -471,6 +550,16 @@ def finish(cfg: Config, manifest, best_dir: Path, out: Path, *, tracker=None,
                 log(f"registry: no test metrics, so no alias for {info['registered_model_uri']} "
                     f"(promote it with `defakenet registry promote {info['version']}`)")
     return summary
+
+
+def _not_logged(cfg: Config, tracking_uri: str, model_dir: Path, why: str) -> str:
+    """The one line of a run whose tracking server is gone at the end: what was kept, what not, what to do."""
+    from defakenet import tracking
+
+    what, does = ("logged or registered", "logs and registers") if cfg.tracking.register else ("logged", "logs")
+    return (f"mlflow: {tracking._redact(tracking_uri)} {why}: the model is saved in {model_dir} but was NOT {what}; "
+            f"once the server is back, rerun the same command with --run-name {cfg.tracking.run_name}: it resumes "
+            f"from the saved checkpoints without training again and {does} the model")
 
 
 def fit_trainer(trainer: TorchTrainer):

@@ -52,19 +52,20 @@ def free_port() -> int:
 
 
 def start_mlflow_server(tmp_dir: str | Path, timeout_s: float = 90.0, *, backend_store_uri: str | None = None,
-                        app_name: str | None = None, env: dict[str, str] | None = None,
+                        app_name: str | None = None, env: dict[str, str] | None = None, port: int | None = None,
                         ) -> tuple[str, subprocess.Popen]:
-    """Start `mlflow server` (1 worker) on a free loopback port; return (uri, process) once /health answers.
+    """Start `mlflow server` (1 worker) on a free loopback port, or `port`; return (uri, process) once /health answers.
 
     Store: `backend_store_uri`, default `tmp_dir/mlflow.db` (SQLite); artifacts: `tmp_dir/mlartifacts`, served
     through the server (`--serve-artifacts`), so clients upload over HTTP as remote Ray workers would. `app_name`:
     `--app-name` (e.g. "basic-auth", configured through `env`: MLFLOW_AUTH_CONFIG_PATH, see `basic_auth_env`).
     `env`: more variables for the server. Output goes to `tmp_dir/server.log`, whose tail is in the error when the
-    server exits early or does not answer within `timeout_s`.
+    server exits early or does not answer within `timeout_s`. The same `tmp_dir` and `port` again restart a stopped
+    server on the same store, at the same URI.
     """
     tmp = Path(tmp_dir).resolve()
     tmp.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log_path = tmp / "server.log"
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "server",
@@ -76,7 +77,7 @@ def start_mlflow_server(tmp_dir: str | Path, timeout_s: float = 90.0, *, backend
     env = {**os.environ, **SERVER_ENV, **(env or {})}
     for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         env.pop(k, None)
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         # own process group, so stop() reaches the uvicorn worker the CLI spawns
         proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
