@@ -123,18 +123,27 @@ def check_reachable(tracking_uri: str) -> None:
     """
     if not tracking_uri.startswith(("http://", "https://")):
         return
+    failed = _probe(tracking_uri, REACHABILITY_TIMEOUT_S)
+    if failed:
+        raise UserError(
+            f"MLflow tracking server {_redact(tracking_uri)} is unreachable ({failed}). "
+            "Start one with mlflow/start-local.sh, or point --tracking-uri / MLFLOW_TRACKING_URI elsewhere.")
+    check_credentials(tracking_uri)
+
+
+def _probe(tracking_uri: str, timeout_s: float) -> str | None:
+    """None when the http(s) server at `tracking_uri` gives any HTTP answer to /health (a TLS error counts as one:
+    the server is there; mlflow's own TLS settings may differ from the defaults used here), else the name of the
+    error (ConnectionError, Timeout)."""
     import requests
 
     try:
-        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=REACHABILITY_TIMEOUT_S)
+        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s)
     except requests.exceptions.SSLError:
-        return
+        return None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-        raise UserError(
-            f"MLflow tracking server {_redact(tracking_uri)} is unreachable ({type(e).__name__}). "
-            "Start one with mlflow/start-local.sh, or point --tracking-uri / MLFLOW_TRACKING_URI elsewhere."
-        ) from None
-    check_credentials(tracking_uri)
+        return type(e).__name__
+    return None
 
 
 # mlflow's HTTP requests under `quick_http`: one try of at most 10 s, instead of 7 retries with backoff (minutes) of
@@ -162,17 +171,7 @@ def quick_http():
 def server_answers(tracking_uri: str, timeout_s: float = 5.0) -> bool:
     """Whether the http(s) server at `tracking_uri` gives any HTTP answer to /health (a TLS error counts as one,
     as in `check_reachable`); True for other tracking URIs (a SQLite file is always there)."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return True
-    import requests
-
-    try:
-        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s)
-    except requests.exceptions.SSLError:
-        return True
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
-        return False
-    return True
+    return not tracking_uri.startswith(("http://", "https://")) or _probe(tracking_uri, timeout_s) is None
 
 
 def wait_for_server(tracking_uri: str, timeout_s: float, *, what: str, log=print, poll_s: float = 2.0) -> bool:
