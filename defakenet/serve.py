@@ -291,8 +291,9 @@ class Detector:
 
     @staticmethod
     def _facts(m: Predictor) -> dict:
-        """What Ingress needs of the model that answered: the version it logs, the threshold and label it shows."""
-        return {"identity": m.identity, "version": m.version, "threshold": m.threshold, "label": model_label(m)}
+        """What Ingress needs of the model that answered, beside the verdict's "model" (its identity): the version
+        it logs, the threshold and label it shows."""
+        return {"version": m.version, "threshold": m.threshold, "label": model_label(m)}
 
     async def answer(self, image: np.ndarray) -> dict:
         """One image's verdict: its regions (the whole image, or its faces when the model crops faces) scored in
@@ -490,7 +491,7 @@ class Ingress:
                 raise HTTPError(422, "body: no face found in any sampled frame (the model scores faces)")
             png = await asyncio.to_thread(timeline_png, v, m["label"])
             self._count([v["label"]])
-            return JSONResponse({**v, "model": m["identity"],
+            return JSONResponse({**v, "model": m["verdict"]["model"],
                                  "timeline_png": base64.b64encode(png).decode()}, headers={"x-request-id": rid})
 
         return await self._respond(request, "predict_video", work)
